@@ -1,0 +1,36 @@
+//! Test support: a real Kafka-API broker and a fresh PostgreSQL database per test.
+//!
+//! Tests run against the real thing and in parallel, so every helper hands out
+//! something no other test sees: a topic prefix, a database.
+//!
+//! ```no_run
+//! # async fn example() {
+//! let bootstrap = dealmesh_testkit::kafka_bootstrap().await;
+//! let topic = format!("{}deals", dealmesh_testkit::unique_topic_prefix());
+//! dealmesh_testkit::create_topic(&bootstrap, &topic, 3).await;
+//! let db = dealmesh_testkit::TestDatabase::create().await;
+//! // ... run the code under test against `bootstrap`, `topic` and `db.pool` ...
+//! let events = dealmesh_testkit::read_deal_events(&bootstrap, &topic).await;
+//! # }
+//! ```
+
+mod broker;
+mod database;
+mod topics;
+
+pub use broker::kafka_bootstrap;
+pub use database::TestDatabase;
+pub use topics::{TopicRecord, create_topic, read_deal_events, read_topic, unique_topic_prefix};
+
+/// Runs blocking client calls (librdkafka, process spawning) off the async
+/// runtime, re-raising a panic with its original message.
+async fn blocking<T, F>(f: F) -> T
+where
+    F: FnOnce() -> T + Send + 'static,
+    T: Send + 'static,
+{
+    match tokio::task::spawn_blocking(f).await {
+        Ok(value) => value,
+        Err(err) => std::panic::resume_unwind(err.into_panic()),
+    }
+}

@@ -1,0 +1,165 @@
+//! The ingest service's configuration. Every key is documented in the README.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use dealmesh_eventlog::KafkaSettings;
+use dealmesh_runtime::config::{ConfigError, Reader, Source};
+use secrecy::{ExposeSecret, SecretString};
+
+/// gRPC listen address. Default `0.0.0.0:50051`.
+pub const GRPC_ADDR: &str = "DEALMESH_INGEST_GRPC_ADDR";
+/// Webhook HTTP listen address. Default `0.0.0.0:8080`.
+pub const HTTP_ADDR: &str = "DEALMESH_INGEST_HTTP_ADDR";
+/// Admin (health, metrics) listen address. Default `0.0.0.0:9090`.
+pub const ADMIN_ADDR: &str = "DEALMESH_INGEST_ADMIN_ADDR";
+/// PostgreSQL URL of the idempotency store. Required.
+pub const DATABASE_URL: &str = "DATABASE_URL";
+/// Connections in the PostgreSQL pool. Default 16.
+pub const DATABASE_MAX_CONNECTIONS: &str = "DEALMESH_DATABASE_MAX_CONNECTIONS";
+/// Largest `SubmitDeals` batch. Default 1000.
+pub const MAX_BATCH: &str = "DEALMESH_INGEST_MAX_BATCH";
+/// Largest webhook body in bytes. Default 262144 (256 KiB).
+pub const MAX_BODY_BYTES: &str = "DEALMESH_INGEST_MAX_BODY_BYTES";
+/// `DEALMESH_WEBHOOK_SECRET_<SOURCE>`: the HMAC-SHA256 secret of webhook
+/// source `<source>` (lower-cased, `_` read as `-`). A source without a
+/// secret is unknown and its webhooks are refused.
+pub const WEBHOOK_SECRET_PREFIX: &str = "DEALMESH_WEBHOOK_SECRET_";
+/// Create the topics on start if missing. Default true.
+pub const PROVISION_TOPICS: &str = "DEALMESH_PROVISION_TOPICS";
+/// Time to drain on SIGTERM. Default `25s`.
+pub const SHUTDOWN_GRACE: &str = "DEALMESH_SHUTDOWN_GRACE";
+
+#[derive(Clone)]
+pub struct IngestConfig {
+    pub grpc_addr: SocketAddr,
+    pub http_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    pub database_url: SecretString,
+    pub database_max_connections: u32,
+    pub max_batch: usize,
+    pub max_body_bytes: usize,
+    pub webhook_secrets: BTreeMap<String, SecretString>,
+    pub provision_topics: bool,
+    pub shutdown_grace: Duration,
+    pub kafka: KafkaSettings,
+}
+
+impl IngestConfig {
+    pub fn from_source(source: &dyn Source) -> Result<Self, ConfigError> {
+        let r = Reader::new(source);
+        let max_batch: usize = r.parse(MAX_BATCH, 1000)?;
+        if max_batch == 0 {
+            return Err(ConfigError::new(MAX_BATCH, "must be at least 1"));
+        }
+        let mut webhook_secrets = BTreeMap::new();
+        for (key, value) in r.with_prefix(WEBHOOK_SECRET_PREFIX) {
+            let name = key[WEBHOOK_SECRET_PREFIX.len()..]
+                .to_ascii_lowercase()
+                .replace('_', "-");
+            if !crate::validate::is_source_name(&name) {
+                return Err(ConfigError::new(
+                    key,
+                    "source name must be lower-case letters, digits, '-' or '_'",
+                ));
+            }
+            if value.len() < 16 {
+                return Err(ConfigError::new(
+                    key,
+                    "secret must be at least 16 characters",
+                ));
+            }
+            webhook_secrets.insert(name, SecretString::from(value));
+        }
+        Ok(Self {
+            grpc_addr: r.parse(GRPC_ADDR, SocketAddr::from(([0, 0, 0, 0], 50051)))?,
+            http_addr: r.parse(HTTP_ADDR, SocketAddr::from(([0, 0, 0, 0], 8080)))?,
+            admin_addr: r.parse(ADMIN_ADDR, SocketAddr::from(([0, 0, 0, 0], 9090)))?,
+            database_url: SecretString::from(r.required_string(DATABASE_URL)?),
+            database_max_connections: r.parse(DATABASE_MAX_CONNECTIONS, 16)?,
+            max_batch,
+            max_body_bytes: r.parse(MAX_BODY_BYTES, 256 * 1024)?,
+            webhook_secrets,
+            provision_topics: r.bool(PROVISION_TOPICS, true)?,
+            shutdown_grace: r
+                .duration(SHUTDOWN_GRACE, dealmesh_runtime::shutdown::DEFAULT_GRACE)?,
+            kafka: KafkaSettings::from_source(source)?,
+        })
+    }
+}
+
+/// Prints the effective configuration with secrets redacted: the database
+/// password and every webhook secret.
+impl fmt::Debug for IngestConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let database_url = redact_url_password(self.database_url.expose_secret());
+        f.debug_struct("IngestConfig")
+            .field("grpc_addr", &self.grpc_addr)
+            .field("http_addr", &self.http_addr)
+            .field("admin_addr", &self.admin_addr)
+            .field("database_url", &database_url)
+            .field("database_max_connections", &self.database_max_connections)
+            .field("max_batch", &self.max_batch)
+            .field("max_body_bytes", &self.max_body_bytes)
+            .field(
+                "webhook_sources",
+                &self.webhook_secrets.keys().collect::<Vec<_>>(),
+            )
+            .field("provision_topics", &self.provision_topics)
+            .field("shutdown_grace", &self.shutdown_grace)
+            .field("kafka", &self.kafka)
+            .finish()
+    }
+}
+
+fn redact_url_password(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut parsed) if parsed.password().is_some() => {
+            let _ = parsed.set_password(Some("REDACTED"));
+            parsed.to_string()
+        }
+        Ok(parsed) => parsed.to_string(),
+        Err(_) => "[unparseable, hidden]".to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dealmesh_runtime::config::MapSource;
+
+    fn base() -> Vec<(&'static str, &'static str)> {
+        vec![(DATABASE_URL, "postgres://app:s3cret@db:5432/dealmesh")]
+    }
+
+    #[test]
+    fn secrets_never_reach_the_printed_config() {
+        let mut pairs = base();
+        pairs.push((
+            "DEALMESH_WEBHOOK_SECRET_ACME_PARTNERS",
+            "0123456789abcdefXYZ",
+        ));
+        let config = IngestConfig::from_source(&MapSource::new(pairs)).unwrap();
+        assert!(config.webhook_secrets.contains_key("acme-partners"));
+        let printed = format!("{config:?}");
+        assert!(!printed.contains("s3cret"), "{printed}");
+        assert!(!printed.contains("0123456789abcdef"), "{printed}");
+        assert!(printed.contains("acme-partners"), "{printed}");
+    }
+
+    #[test]
+    fn missing_database_url_names_the_key() {
+        let err = IngestConfig::from_source(&MapSource::default()).unwrap_err();
+        assert_eq!(err.key, DATABASE_URL);
+    }
+
+    #[test]
+    fn short_webhook_secret_is_refused() {
+        let mut pairs = base();
+        pairs.push(("DEALMESH_WEBHOOK_SECRET_X", "short"));
+        let err = IngestConfig::from_source(&MapSource::new(pairs)).unwrap_err();
+        assert_eq!(err.key, "DEALMESH_WEBHOOK_SECRET_X");
+    }
+}

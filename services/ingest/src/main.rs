@@ -1,0 +1,172 @@
+//! `dealmesh-ingest`: serve the ingest APIs, migrate its database, or import
+//! a CSV file of deals.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use dealmesh_ingest::app::{self, App};
+use dealmesh_ingest::config::IngestConfig;
+use dealmesh_ingest::csv_import;
+use dealmesh_runtime::shutdown::{self, CancellationToken};
+use dealmesh_runtime::telemetry::{self, TelemetryConfig};
+
+#[derive(Parser)]
+#[command(
+    name = "dealmesh-ingest",
+    version,
+    about = "Sources deals into the dealmesh deal log"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve gRPC, webhooks and the admin endpoints until SIGTERM.
+    Serve,
+    /// Create the database if missing and apply migrations, then exit.
+    Migrate,
+    /// Create the deal log and dead-letter topics if missing, then exit.
+    Topics,
+    /// Import deals from a CSV file (header row required; see README).
+    Import {
+        file: PathBuf,
+        /// Source name recorded on every imported deal.
+        #[arg(long, default_value = "csv")]
+        source: String,
+        /// Import the valid rows even if some rows are bad.
+        #[arg(long)]
+        partial: bool,
+    },
+}
+
+/// Exit status when input data is bad (sysexits `EX_DATAERR`).
+const EXIT_DATA: u8 = 65;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let source = match dealmesh_runtime::config::from_environment() {
+        Ok(source) => source,
+        Err(error) => return config_error(&error),
+    };
+    let telemetry_config = match TelemetryConfig::from_source(&source, "dealmesh-ingest") {
+        Ok(c) => c,
+        Err(error) => return config_error(&error),
+    };
+    let _telemetry = match telemetry::init(&telemetry_config) {
+        Ok(guard) => guard,
+        Err(error) => {
+            eprintln!("dealmesh-ingest: telemetry: {error:#}");
+            return ExitCode::from(70);
+        }
+    };
+    let config = match IngestConfig::from_source(&source) {
+        Ok(c) => c,
+        Err(error) => return config_error(&error),
+    };
+    tracing::info!(config = ?config, "effective configuration");
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(error) => {
+            eprintln!("dealmesh-ingest: cannot start runtime: {error}");
+            return ExitCode::from(70);
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Serve => serve(config).await,
+            Command::Migrate => {
+                let pool = app::connect(&config).await?;
+                app::MIGRATOR.run(&pool).await?;
+                tracing::info!("migrations applied");
+                Ok(ExitCode::SUCCESS)
+            }
+            Command::Topics => {
+                let topics = dealmesh_eventlog::topics::provision(&config.kafka).await?;
+                tracing::info!(deals = %topics.deals, dead_letter = %topics.dead_letter, "topics ready");
+                Ok(ExitCode::SUCCESS)
+            }
+            Command::Import { file, source, partial } => import(config, file, source, partial).await,
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(error) => {
+            tracing::error!(error = format!("{error:#}"), "failed");
+            eprintln!("dealmesh-ingest: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn config_error(error: &dealmesh_runtime::config::ConfigError) -> ExitCode {
+    eprintln!("dealmesh-ingest: configuration: {error}");
+    ExitCode::from(dealmesh_runtime::EXIT_CONFIG as u8)
+}
+
+async fn serve(config: IngestConfig) -> anyhow::Result<ExitCode> {
+    let grace = config.shutdown_grace;
+    let app = App::build(config).await?;
+    let token = CancellationToken::new();
+    shutdown::cancel_on_signal(token.clone());
+    let run = tokio::spawn(app.run(token.clone()));
+    token.cancelled().await;
+    match tokio::time::timeout(grace, run).await {
+        Ok(joined) => joined??,
+        Err(_) => tracing::warn!(grace_secs = grace.as_secs(), "grace period over, exiting"),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn import(
+    config: IngestConfig,
+    file: PathBuf,
+    source: String,
+    partial: bool,
+) -> anyhow::Result<ExitCode> {
+    use anyhow::Context;
+    if !dealmesh_ingest::validate::is_source_name(&source) {
+        eprintln!("--source {source:?}: must be lower-case letters, digits, '-' or '_'");
+        return Ok(ExitCode::from(64));
+    }
+    let reader =
+        std::fs::File::open(&file).with_context(|| format!("cannot open {}", file.display()))?;
+    let parsed = csv_import::parse(std::io::BufReader::new(reader), &source);
+    let name = file.display().to_string();
+    for error in &parsed.errors {
+        eprintln!("{name}: {error}");
+    }
+    if !parsed.errors.is_empty() && !partial {
+        eprintln!(
+            "{name}: {} bad row(s); nothing imported (use --partial to import the {} good rows)",
+            parsed.errors.len(),
+            parsed.rows.len()
+        );
+        return Ok(ExitCode::from(EXIT_DATA));
+    }
+    let had_errors = !parsed.errors.is_empty();
+    let ingestor = app::ingestor(&config, None).await?;
+    let correlation_id = uuid::Uuid::now_v7().to_string();
+    let report =
+        csv_import::import(&ingestor, &parsed.rows, config.max_batch, &correlation_id).await?;
+    let duplicates = report.imported.iter().filter(|(_, r)| r.duplicate).count();
+    println!(
+        "{name}: {} row(s) on the deal log ({} new, {} already there)",
+        report.imported.len(),
+        report.imported.len() - duplicates,
+        duplicates
+    );
+    for error in &report.errors {
+        eprintln!("{name}: {error}");
+    }
+    Ok(if had_errors || !report.errors.is_empty() {
+        ExitCode::from(EXIT_DATA)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
