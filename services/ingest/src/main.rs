@@ -30,6 +30,25 @@ enum Command {
     Migrate,
     /// Create the deal log and dead-letter topics if missing, then exit.
     Topics,
+    /// Submit one deal to a running ingest server over gRPC and print the
+    /// receipt (a client, for scripts and smoke tests).
+    Submit {
+        /// The server, e.g. http://127.0.0.1:50051.
+        #[arg(long, default_value = "http://127.0.0.1:50051")]
+        server: String,
+        #[arg(long)]
+        idempotency_key: String,
+        #[arg(long)]
+        source: String,
+        #[arg(long)]
+        name: String,
+        #[arg(long, default_value = "")]
+        website: String,
+        #[arg(long, default_value = "")]
+        github_owner: String,
+        #[arg(long, default_value = "")]
+        description: String,
+    },
     /// Import deals from a CSV file (header row required; see README).
     Import {
         file: PathBuf,
@@ -47,6 +66,9 @@ const EXIT_DATA: u8 = 65;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::Submit { .. } = &cli.command {
+        return submit(cli.command);
+    }
     let source = match dealmesh_runtime::config::from_environment() {
         Ok(source) => source,
         Err(error) => return config_error(&error),
@@ -92,6 +114,7 @@ fn main() -> ExitCode {
                 Ok(ExitCode::SUCCESS)
             }
             Command::Import { file, source, partial } => import(config, file, source, partial).await,
+            Command::Submit { .. } => unreachable!("handled before configuration is read"),
         }
     });
     match result {
@@ -169,4 +192,81 @@ async fn import(
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// The `submit` client: needs no server-side configuration.
+fn submit(command: Command) -> ExitCode {
+    let Command::Submit {
+        server,
+        idempotency_key,
+        source,
+        name,
+        website,
+        github_owner,
+        description,
+    } = command
+    else {
+        return ExitCode::FAILURE;
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(error) => {
+            eprintln!("dealmesh-ingest: cannot start runtime: {error}");
+            return ExitCode::from(70);
+        }
+    };
+    let result = runtime.block_on(async move {
+        let mut client =
+            dealmesh_proto::v1::ingest_service_client::IngestServiceClient::connect(server).await?;
+        let deal = dealmesh_proto::v1::DealSubmission {
+            idempotency_key,
+            source,
+            name,
+            website,
+            github_owner,
+            description,
+            ..Default::default()
+        };
+        let receipt = client
+            .submit_deal(dealmesh_proto::v1::SubmitDealRequest { deal: Some(deal) })
+            .await?
+            .into_inner()
+            .receipt
+            .unwrap_or_default();
+        println!(
+            "deal {} event {} at partition {} offset {}{}",
+            receipt.deal_id,
+            receipt.event_id,
+            receipt.partition,
+            receipt.offset,
+            if receipt.duplicate {
+                " (duplicate)"
+            } else {
+                ""
+            }
+        );
+        anyhow::Ok(())
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            if let Some(status) = error.downcast_ref::<tonic::Status>() {
+                eprintln!("dealmesh-ingest: {:?}: {}", status.code(), status.message());
+                use tonic_types::StatusExt;
+                for v in status
+                    .get_details_bad_request()
+                    .map(|b| b.field_violations)
+                    .unwrap_or_default()
+                {
+                    eprintln!("  {}: {}", v.field, v.description);
+                }
+            } else {
+                eprintln!("dealmesh-ingest: {error:#}");
+            }
+            ExitCode::FAILURE
+        }
+    }
 }
