@@ -34,7 +34,7 @@ broker=$!
 { read -r _ <&3 || true; kill -9 "$broker"; } 4>&- &
 watcher=$!
 wait "$broker"; status=$?
-kill "$watcher"
+kill "$watcher"; wait "$watcher"
 [ "$status" -eq 0 ] || cat broker.log >&4
 cd / && rm -rf "$dir"
 exit "$status"
@@ -148,7 +148,7 @@ fn stop(mut child: Child) -> String {
         let _ = stderr.read_to_string(&mut log);
     }
     let _ = child.wait();
-    log
+    log.trim().to_owned()
 }
 
 fn find_tansu() -> PathBuf {
