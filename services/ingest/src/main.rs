@@ -94,10 +94,7 @@ fn main() -> ExitCode {
         .build()
     {
         Ok(rt) => rt,
-        Err(error) => {
-            eprintln!("dealmesh-ingest: cannot start runtime: {error}");
-            return ExitCode::from(70);
-        }
+        Err(error) => return runtime_error(&error),
     };
     let result = runtime.block_on(async move {
         match cli.command {
@@ -213,10 +210,7 @@ fn submit(command: Command) -> ExitCode {
         .build()
     {
         Ok(rt) => rt,
-        Err(error) => {
-            eprintln!("dealmesh-ingest: cannot start runtime: {error}");
-            return ExitCode::from(70);
-        }
+        Err(error) => return runtime_error(&error),
     };
     let result = runtime.block_on(async move {
         let mut client =
@@ -269,4 +263,9 @@ fn submit(command: Command) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn runtime_error(error: &std::io::Error) -> ExitCode {
+    eprintln!("dealmesh-ingest: cannot start runtime: {error}");
+    ExitCode::from(70)
 }
