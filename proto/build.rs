@@ -1,12 +1,23 @@
-//! Compiles `dealmesh/v1/*.proto` with the protoc shipped in
-//! `protoc-bin-vendored`, so a fresh machine needs nothing installed.
+//! Compiles every `dealmesh/v1/*.proto` with the protoc shipped in
+//! `protoc-bin-vendored`, so a fresh machine needs nothing installed. All
+//! files share package `dealmesh.v1`, so a new API file needs no change here.
 
 use std::path::PathBuf;
 
-const PROTOS: &[&str] = &["dealmesh/v1/events.proto", "dealmesh/v1/ingest.proto"];
+const PACKAGE_DIR: &str = "dealmesh/v1";
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
+    let mut protos: Vec<PathBuf> = std::fs::read_dir(PACKAGE_DIR)?
+        .map(|entry| entry.map(|e| e.path()))
+        .collect::<Result<_, _>>()?;
+    protos.retain(|path| path.extension().is_some_and(|ext| ext == "proto"));
+    protos.sort();
+    println!("cargo:rerun-if-changed={PACKAGE_DIR}");
+    for proto in &protos {
+        println!("cargo:rerun-if-changed={}", proto.display());
+    }
+
     let mut config = tonic_prost_build::Config::new();
     config.protoc_executable(protoc_bin_vendored::protoc_bin_path()?);
     config.protoc_arg(format!(
@@ -19,6 +30,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     config.btree_map(["."]);
     tonic_prost_build::configure()
         .file_descriptor_set_path(out_dir.join("dealmesh_descriptor.bin"))
-        .compile_with_config(config, PROTOS, &["."])?;
+        .compile_with_config(config, &protos, &[PathBuf::from(".")])?;
     Ok(())
 }
