@@ -1,0 +1,131 @@
+"""The environment keys each service reads, extracted from the Rust sources.
+
+Every key a service reads is a named constant (`pub const NAME: &str =
+"ENV_KEY";`) in its crate or in a shared crate it depends on (see
+CONVENTIONS.md); a value ending in `_` is a prefix family such as `KAFKA_`
+(passed through to librdkafka) or `DEALMESH_WEBHOOK_SECRET_`. Reading the
+sources at test time is what keeps the chart and compose from drifting away
+from the code.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+SERVICES = ("ingest", "enrich", "scoring", "crm", "notify")
+
+_CONST = re.compile(
+    r"""\bconst\s+[A-Z][A-Z0-9_]*\s*:\s*&\s*(?:'static\s+)?str\s*=\s*"([^"\\]*)"\s*;"""
+)
+# An environment key: upper-case words joined by `_` (`DATABASE_URL`), or a
+# prefix ending in `_` (`KAFKA_`).
+_ENV_KEY = re.compile(r"^[A-Z][A-Z0-9]*(?:_[A-Z0-9]+)*_?$")
+_CFG_TEST_MOD = re.compile(r"#\[cfg\(test\)\]\s*(?:pub(?:\([^)]*\))?\s+)?mod\s+\w+\s*\{")
+
+
+@dataclass
+class EnvKeys:
+    """Exact keys and prefix families, each with the file that declares it."""
+
+    exact: dict[str, str] = field(default_factory=dict)
+    prefixes: dict[str, str] = field(default_factory=dict)
+
+    def update(self, other: EnvKeys) -> None:
+        self.exact.update(other.exact)
+        self.prefixes.update(other.prefixes)
+
+    def family_of(self, name: str) -> str | None:
+        """The declared prefix family `name` belongs to, if any."""
+        matches = [p for p in self.prefixes if name.startswith(p) and len(name) > len(p)]
+        return max(matches, key=len) if matches else None
+
+    def reads(self, name: str) -> bool:
+        return name in self.exact or self.family_of(name) is not None
+
+
+def _strip_comments_and_tests(text: str) -> str:
+    """Drops `//` comments and `#[cfg(test)] mod ... { }` blocks, so keys
+    used only in tests or prose do not count as read."""
+    text = re.sub(r"(?m)^\s*//.*$", "", text)
+    while (match := _CFG_TEST_MOD.search(text)) is not None:
+        depth, i, in_str = 1, match.end(), False
+        while i < len(text) and depth:
+            c = text[i]
+            if in_str:
+                if c == "\\":
+                    i += 1
+                elif c == '"':
+                    in_str = False
+            elif c == '"':
+                in_str = True
+            elif c == "{":
+                depth += 1
+            elif c == "}":
+                depth -= 1
+            i += 1
+        text = text[: match.start()] + text[i:]
+    return text
+
+
+def keys_of_crate(crate_dir: Path) -> EnvKeys:
+    """The env-key constants declared in one crate's `src/`."""
+    keys = EnvKeys()
+    for path in sorted((crate_dir / "src").rglob("*.rs")):
+        text = _strip_comments_and_tests(path.read_text(encoding="utf-8"))
+        for value in _CONST.findall(text):
+            if "_" not in value or not _ENV_KEY.match(value):
+                continue
+            where = str(path.relative_to(REPO))
+            if value.endswith("_"):
+                keys.prefixes[value] = where
+            else:
+                keys.exact[value] = where
+    return keys
+
+
+def _path_dependencies(crate_dir: Path) -> list[Path]:
+    """Shared crates under crates/ this crate depends on (not dev-deps)."""
+    manifest = tomllib.loads((crate_dir / "Cargo.toml").read_text(encoding="utf-8"))
+    root = tomllib.loads((REPO / "Cargo.toml").read_text(encoding="utf-8"))
+    workspace_deps = root.get("workspace", {}).get("dependencies", {})
+    found = []
+    for name, spec in manifest.get("dependencies", {}).items():
+        if isinstance(spec, dict) and spec.get("workspace"):
+            spec, base = workspace_deps.get(name, {}), REPO
+        else:
+            base = crate_dir
+        if isinstance(spec, dict) and "path" in spec:
+            dep_dir = (base / spec["path"]).resolve()
+            if dep_dir.parent == REPO / "crates":
+                found.append(dep_dir)
+    return found
+
+
+def service_keys(service: str) -> EnvKeys:
+    """Every key the service's binary reads: its own crate's keys and those
+    of the shared crates (runtime, eventlog, auth) it depends on, directly or
+    through one another."""
+    crate = REPO / "services" / service
+    keys = keys_of_crate(crate)
+    seen: set[Path] = set()
+    queue = _path_dependencies(crate)
+    while queue:
+        dep = queue.pop()
+        if dep in seen:
+            continue
+        seen.add(dep)
+        keys.update(keys_of_crate(dep))
+        queue.extend(_path_dependencies(dep))
+    return keys
+
+
+def has_binary(service: str) -> bool:
+    """Whether the service's crate builds a binary yet."""
+    crate = REPO / "services" / service
+    manifest = tomllib.loads((crate / "Cargo.toml").read_text(encoding="utf-8"))
+    declared = any(b.get("name") == f"dealmesh-{service}" for b in manifest.get("bin", []))
+    return (declared or not manifest.get("bin")) and (crate / "src" / "main.rs").exists()
