@@ -456,3 +456,23 @@ def test_readme_documents_every_value_and_setting():
         missing += [f"{svc}.config.{k}" for k in config if f"`config.{k}`" not in readme]
         missing += [f"{svc}.secrets.{k}" for k in secrets if f"`secrets.{k}`" not in readme]
     assert not missing, f"helm/dealmesh/README.md does not document: {missing}"
+
+
+def test_each_database_service_gets_its_own_database():
+    manifests = render()
+    refs = {}
+    for svc in DATABASE_SERVICES:
+        env = env_of(one(manifests, "Deployment", svc).doc["spec"]["template"]["spec"]["containers"][0])
+        refs[svc] = env["DATABASE_URL"]["valueFrom"]["secretKeyRef"]
+    assert {r["name"] for r in refs.values()} == {"dealmesh-database"}
+    assert sorted(r["key"] for r in refs.values()) == sorted(DATABASE_SERVICES)
+    enrich = env_of(one(manifests, "Deployment", "enrich").doc["spec"]["template"]["spec"]["containers"][0])
+    assert "DATABASE_URL" not in enrich
+
+
+def test_without_ingest_no_topics_hook_and_services_create_topics():
+    manifests = render({"ingest": {"enabled": False}})
+    assert "topics" not in {j.doc["spec"]["template"]["spec"]["containers"][0]["args"][0] for j in by_kind(manifests, "Job")}
+    for svc in ("enrich", "crm"):
+        env = env_of(one(manifests, "Deployment", svc).doc["spec"]["template"]["spec"]["containers"][0])
+        assert env["DEALMESH_PROVISION_TOPICS"]["value"] == "true"

@@ -189,7 +189,7 @@ binary). Takes (dict "root" $ "svc" name). Secrets only ever by reference.
   valueFrom:
     secretKeyRef:
       name: {{ required "database.existingSecret is required: the name of an existing Secret holding the PostgreSQL URL (ingest, scoring, crm and notify need it)" $root.Values.database.existingSecret | quote }}
-      key: {{ $root.Values.database.urlKey | quote }}
+      key: {{ required (printf "database.urlKeys.%s is required: the key of %s's PostgreSQL URL in database.existingSecret" $svc $svc) (index $root.Values.database.urlKeys $svc) | quote }}
 - name: DEALMESH_DATABASE_MAX_CONNECTIONS
   value: {{ $root.Values.database.maxConnections | quote }}
 {{- end }}
