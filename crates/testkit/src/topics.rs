@@ -4,8 +4,9 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::{ClientContext, DefaultClientContext};
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Headers, Message};
 use rdkafka::types::RDKafkaErrorCode;
@@ -154,9 +155,29 @@ fn config(bootstrap: &str) -> ClientConfig {
     config
 }
 
+/// The reader's client context. librdkafka reports reaching the end of a
+/// partition as an error event, which the default context logs at error
+/// level; for the reader it is the expected end of the read, already handled
+/// by [`read_topic_blocking`], so it is not logged. Every other error is
+/// logged as before.
+struct ReaderContext;
+
+impl ClientContext for ReaderContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        if !matches!(
+            error,
+            KafkaError::Global(RDKafkaErrorCode::PartitionEOF) | KafkaError::PartitionEOF(_)
+        ) {
+            DefaultClientContext.error(error, reason);
+        }
+    }
+}
+
+impl ConsumerContext for ReaderContext {}
+
 /// A consumer that only reads: no group membership, no commits, no topic
 /// auto-creation.
-fn consumer(bootstrap: &str) -> BaseConsumer {
+fn consumer(bootstrap: &str) -> BaseConsumer<ReaderContext> {
     config(bootstrap)
         .set(
             "group.id",
@@ -165,13 +186,13 @@ fn consumer(bootstrap: &str) -> BaseConsumer {
         .set("enable.auto.commit", "false")
         .set("enable.partition.eof", "true")
         .set("allow.auto.create.topics", "false")
-        .create()
+        .create_with_context(ReaderContext)
         .unwrap_or_else(|err| panic!("cannot create a Kafka consumer for {bootstrap}: {err}"))
 }
 
 /// The partition ids of `topic`, waiting a little for a topic that was just
 /// created to show up in the metadata.
-fn partition_ids(consumer: &BaseConsumer, topic: &str) -> Vec<i32> {
+fn partition_ids(consumer: &BaseConsumer<ReaderContext>, topic: &str) -> Vec<i32> {
     let deadline = Instant::now() + METADATA_WAIT;
     loop {
         let metadata = consumer
