@@ -71,20 +71,44 @@ def _strip_comments_and_tests(text: str) -> str:
     return text
 
 
+def _keys_of_file(path: Path, keys: EnvKeys) -> None:
+    text = _strip_comments_and_tests(path.read_text(encoding="utf-8"))
+    for value in _CONST.findall(text):
+        if "_" not in value or not _ENV_KEY.match(value):
+            continue
+        where = str(path.relative_to(REPO))
+        if value.endswith("_"):
+            keys.prefixes[value] = where
+        else:
+            keys.exact[value] = where
+
+
 def keys_of_crate(crate_dir: Path) -> EnvKeys:
     """The env-key constants declared in one crate's `src/`."""
     keys = EnvKeys()
     for path in sorted((crate_dir / "src").rglob("*.rs")):
-        text = _strip_comments_and_tests(path.read_text(encoding="utf-8"))
-        for value in _CONST.findall(text):
-            if "_" not in value or not _ENV_KEY.match(value):
-                continue
-            where = str(path.relative_to(REPO))
-            if value.endswith("_"):
-                keys.prefixes[value] = where
-            else:
-                keys.exact[value] = where
+        _keys_of_file(path, keys)
     return keys
+
+
+_TOP_LEVEL_TYPE = re.compile(r"(?m)^pub\s+(?:struct|enum|trait|type)\s+([A-Z]\w*)")
+
+
+def _uses_module(service_text: str, crate_dir: Path, path: Path) -> bool:
+    """Whether a service's sources use the shared-crate module `path`:
+    they name the module (`dealmesh_runtime::database`) or one of the types
+    it declares (`DatabaseSettings`); a crate root counts when the crate is
+    named at all. Keys of a shared module the service never touches (a
+    database module in a service without a database) are not read by it."""
+    crate = "dealmesh_" + crate_dir.name
+    rel = path.relative_to(crate_dir / "src").with_suffix("")
+    if rel.name == "lib":
+        return re.search(rf"\b{crate}\b", service_text) is not None
+    module = "::".join(rel.parts)
+    if re.search(rf"\b{crate}::(?:\{{[^}}]*\b)?{module}\b", service_text):
+        return True
+    types = _TOP_LEVEL_TYPE.findall(_strip_comments_and_tests(path.read_text(encoding="utf-8")))
+    return any(re.search(rf"\b{t}\b", service_text) for t in types)
 
 
 def _path_dependencies(crate_dir: Path) -> list[Path]:
@@ -106,11 +130,14 @@ def _path_dependencies(crate_dir: Path) -> list[Path]:
 
 
 def service_keys(service: str) -> EnvKeys:
-    """Every key the service's binary reads: its own crate's keys and those
-    of the shared crates (runtime, eventlog, auth) it depends on, directly or
-    through one another."""
+    """Every key the service's binary reads: its own crate's keys, and those
+    of the modules of the shared crates (runtime, eventlog, auth; directly
+    or through one another) that its sources use."""
     crate = REPO / "services" / service
     keys = keys_of_crate(crate)
+    service_text = "\n".join(
+        _strip_comments_and_tests(p.read_text(encoding="utf-8")) for p in sorted((crate / "src").rglob("*.rs"))
+    )
     seen: set[Path] = set()
     queue = _path_dependencies(crate)
     while queue:
@@ -118,7 +145,9 @@ def service_keys(service: str) -> EnvKeys:
         if dep in seen:
             continue
         seen.add(dep)
-        keys.update(keys_of_crate(dep))
+        for path in sorted((dep / "src").rglob("*.rs")):
+            if _uses_module(service_text, dep, path):
+                _keys_of_file(path, keys)
         queue.extend(_path_dependencies(dep))
     return keys
 

@@ -116,3 +116,17 @@ def test_keys_the_chart_leaves_unset_are_real_keys():
     for svc in envkeys.SERVICES:
         everywhere |= set(envkeys.service_keys(svc).exact)
     assert set(NOT_SET_BY_CHART) <= everywhere
+
+
+def test_shared_module_keys_count_only_for_services_using_the_module(tmp_path):
+    crate = tmp_path / "runtime"
+    (crate / "src").mkdir(parents=True)
+    module = crate / "src" / "database.rs"
+    module.write_text('pub const URL: &str = "DATABASE_URL";\npub struct DatabaseSettings;\n')
+    root = crate / "src" / "lib.rs"
+    root.write_text("pub mod database;\n")
+    assert envkeys._uses_module("use dealmesh_runtime::database::connect;", crate, module)
+    assert envkeys._uses_module("use dealmesh_runtime::{config, database};", crate, module)
+    assert envkeys._uses_module("let db = DatabaseSettings::from_source(&s)?;", crate, module)
+    assert not envkeys._uses_module("use dealmesh_runtime::config::Reader;", crate, module)
+    assert envkeys._uses_module("use dealmesh_runtime::config::Reader;", crate, root)
