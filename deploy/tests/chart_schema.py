@@ -1,20 +1,27 @@
-"""Generates helm/dealmesh/values.schema.json.
+"""Generates helm/dealmesh/values.schema.json and the chart README's table
+of service settings.
 
 The per-service `config` and `secrets` properties are derived from the env
 keys the service's sources declare (envkeys.py), so a value the service does
-not read is rejected by name. Regenerate after a service's config changes:
+not read is rejected by name, and the README documents each one with the
+doc comment of its constant. Regenerate after a service's config changes:
 
-    python deploy/tests/chart_schema.py > helm/dealmesh/values.schema.json
+    python deploy/tests/chart_schema.py --write
 
-test_chart.py fails while the committed schema differs from this output.
+test_chart.py fails while the committed files differ from this output.
 """
 
 from __future__ import annotations
 
 import json
 import re
+import sys
 
 import envkeys
+
+CHART = envkeys.REPO / "helm" / "dealmesh"
+BEGIN = "<!-- service-settings:begin (python deploy/tests/chart_schema.py --write) -->"
+END = "<!-- service-settings:end -->"
 
 # Settings the chart sets itself from its own values (ports, database,
 # drain, topics, consumer group), so they are not in a service's `config`.
@@ -149,8 +156,41 @@ schema = {
 }
 
 
+def settings_tables() -> str:
+    """Markdown: each service's `config` and `secrets`, with their variables."""
+    out = []
+    for svc in envkeys.SERVICES:
+        prefix = f"DEALMESH_{svc.upper()}_"
+        docs = envkeys.key_docs(svc)
+        config, secrets = service_settings(svc)
+        out += ["", f"`{svc}`:", "", "| Value | Variable | Meaning |", "|---|---|---|"]
+        for kind, names in (("config", config), ("secrets", secrets)):
+            for name in names:
+                env = prefix + re.sub(r"([A-Z])", r"_\1", name).upper()
+                meaning = docs.get(env, "").replace("|", "\\|")
+                out.append(f"| `{kind}.{name}` | `{env}` | {meaning} |")
+        if not config and not secrets:
+            out.append("| | | none yet |")
+    return "\n".join(out) + "\n"
+
+
+def schema_text() -> str:
+    return json.dumps(schema, indent=2) + "\n"
+
+
+def readme_text() -> str:
+    readme = (CHART / "README.md").read_text()
+    head, rest = readme.split(BEGIN, 1)
+    _, tail = rest.split(END, 1)
+    return head + BEGIN + "\n" + settings_tables() + END + tail
+
+
 def main() -> None:
-    print(json.dumps(schema, indent=2))
+    if sys.argv[1:] == ["--write"]:
+        (CHART / "values.schema.json").write_text(schema_text())
+        (CHART / "README.md").write_text(readme_text())
+    else:
+        sys.stdout.write(schema_text())
 
 
 if __name__ == "__main__":

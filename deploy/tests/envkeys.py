@@ -158,3 +158,20 @@ def has_binary(service: str) -> bool:
     manifest = tomllib.loads((crate / "Cargo.toml").read_text(encoding="utf-8"))
     declared = any(b.get("name") == f"dealmesh-{service}" for b in manifest.get("bin", []))
     return (declared or not manifest.get("bin")) and (crate / "src" / "main.rs").exists()
+
+
+def key_docs(service: str) -> dict[str, str]:
+    """The doc comment of each env-key constant in the service's crate."""
+    docs: dict[str, str] = {}
+    for path in sorted((REPO / "services" / service / "src").rglob("*.rs")):
+        lines: list[str] = []
+        for line in path.read_text(encoding="utf-8").splitlines():
+            stripped = line.strip()
+            if stripped.startswith("///"):
+                lines.append(stripped[3:].strip())
+                continue
+            match = _CONST.search(stripped)
+            if match:
+                docs.setdefault(match.group(1), " ".join(lines))
+            lines = []
+    return docs

@@ -9,8 +9,10 @@ the service reads must be settable, except the few listed below with why.
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
+import yaml
 
 import envkeys
 from conftest import CHART, component, pod_spec, render
@@ -130,3 +132,28 @@ def test_shared_module_keys_count_only_for_services_using_the_module(tmp_path):
     assert envkeys._uses_module("let db = DatabaseSettings::from_source(&s)?;", crate, module)
     assert not envkeys._uses_module("use dealmesh_runtime::config::Reader;", crate, module)
     assert envkeys._uses_module("use dealmesh_runtime::config::Reader;", crate, root)
+
+
+@pytest.mark.parametrize("svc", ["enrich", "scoring", "crm", "notify"])
+def test_keda_watches_the_group_the_consumer_really_joins(svc):
+    """KEDA scales on `<service>.consumerGroup`: the chart passes it to a
+    service that reads its group from the environment; a service with a
+    fixed group must have exactly that one in its sources."""
+    defaults = yaml.safe_load((CHART / "values.yaml").read_text())
+    group = defaults[svc]["consumerGroup"]
+    read = envkeys.service_keys(svc)
+    group_keys = [k for k in read.exact if re.search(r"_(GROUP_ID|CONSUMER_GROUP)$", k)]
+    if group_keys:
+        [key] = group_keys
+        env = chart_env_values(render(), svc)
+        assert env[key] == group
+    else:
+        sources = "\n".join(p.read_text() for p in (envkeys.REPO / "services" / svc / "src").rglob("*.rs"))
+        assert re.search(rf'"group\.id",\s*"{re.escape(group)}"', sources), f"{svc} does not join {group}"
+
+
+def chart_env_values(manifests, svc: str) -> dict[str, str]:
+    for m in manifests:
+        if m.kind == "Deployment" and component(m.doc) == svc:
+            return {e["name"]: e.get("value") for e in m.doc["spec"]["template"]["spec"]["containers"][0]["env"]}
+    raise AssertionError(f"no Deployment for {svc}")
