@@ -185,6 +185,19 @@ impl<'a> Reader<'a> {
     }
 }
 
+/// `url` with its password replaced by `REDACTED`, for logs and printed
+/// configuration. Something that does not parse as a URL is hidden whole.
+pub fn redact_url(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut parsed) if parsed.password().is_some() => {
+            let _ = parsed.set_password(Some("REDACTED"));
+            parsed.to_string()
+        }
+        Ok(parsed) => parsed.to_string(),
+        Err(_) => "[unparseable, hidden]".to_owned(),
+    }
+}
+
 fn parse_duration(value: &str) -> std::result::Result<Duration, String> {
     let v = value.trim();
     let split = v.find(|c: char| !c.is_ascii_digit()).unwrap_or(v.len());

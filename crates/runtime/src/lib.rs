@@ -5,7 +5,9 @@
 
 pub mod admin;
 pub mod config;
+pub mod database;
 pub mod grpc;
+pub mod launch;
 pub mod metrics;
 pub mod shutdown;
 pub mod telemetry;

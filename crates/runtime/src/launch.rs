@@ -1,0 +1,109 @@
+//! What every service binary does around its command: read the
+//! configuration, install telemetry, log the effective configuration with
+//! secrets redacted, run the command on a multi-threaded runtime, and turn
+//! the outcome into an exit status. `serve` runs a service until SIGTERM or
+//! SIGINT and then gives it the grace period to drain.
+
+use std::fmt::Debug;
+use std::future::Future;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{self, ConfigError, Source};
+use crate::telemetry::{self, TelemetryConfig};
+
+/// Exit status when the process cannot set itself up (sysexits
+/// `EX_SOFTWARE`): telemetry or the async runtime failed to start.
+pub const EXIT_SOFTWARE: u8 = 70;
+
+/// Runs `command` for `service` with the configuration `parse` reads from
+/// the environment (and `DEALMESH_CONFIG_FILE`).
+///
+/// A configuration error exits with [`crate::EXIT_CONFIG`] and a message
+/// naming the key; an error from `command` is logged and exits 1.
+pub fn run<C, F, Fut>(
+    service: &str,
+    parse: impl FnOnce(&dyn Source) -> Result<C, ConfigError>,
+    command: F,
+) -> ExitCode
+where
+    C: Debug,
+    F: FnOnce(C) -> Fut,
+    Fut: Future<Output = anyhow::Result<ExitCode>>,
+{
+    let config_error = |error: ConfigError| {
+        eprintln!("{service}: configuration: {error}");
+        ExitCode::from(crate::EXIT_CONFIG as u8)
+    };
+    let source = match config::from_environment() {
+        Ok(source) => source,
+        Err(error) => return config_error(error),
+    };
+    let telemetry_config = match TelemetryConfig::from_source(&source, service) {
+        Ok(c) => c,
+        Err(error) => return config_error(error),
+    };
+    // Before the runtime: the OTLP exporter runs its own blocking client.
+    let _telemetry = match telemetry::init(&telemetry_config) {
+        Ok(guard) => guard,
+        Err(error) => {
+            eprintln!("{service}: telemetry: {error:#}");
+            return ExitCode::from(EXIT_SOFTWARE);
+        }
+    };
+    let config = match parse(&source) {
+        Ok(c) => c,
+        Err(error) => return config_error(error),
+    };
+    tracing::info!(config = ?config, "effective configuration");
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(error) => {
+            eprintln!("{service}: cannot start runtime: {error}");
+            return ExitCode::from(EXIT_SOFTWARE);
+        }
+    };
+    match runtime.block_on(command(config)) {
+        Ok(code) => code,
+        Err(error) => {
+            tracing::error!(error = format!("{error:#}"), "failed");
+            eprintln!("{service}: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Runs a built service until SIGTERM or SIGINT, then lets it drain for at
+/// most `grace` before returning.
+///
+/// `run` gets the token that is cancelled on the signal; it must stop taking
+/// work when it fires, finish what it holds, and return.
+pub async fn serve<Fut>(
+    grace: Duration,
+    run: impl FnOnce(CancellationToken) -> Fut,
+) -> anyhow::Result<ExitCode>
+where
+    Fut: Future<Output = anyhow::Result<()>> + Send + 'static,
+{
+    let token = CancellationToken::new();
+    crate::shutdown::cancel_on_signal(token.clone());
+    let mut running = tokio::spawn(run(token.clone()));
+    tokio::select! {
+        // The service may also stop on its own (a fatal error).
+        joined = &mut running => {
+            joined??;
+            return Ok(ExitCode::SUCCESS);
+        }
+        () = token.cancelled() => {}
+    }
+    match tokio::time::timeout(grace, running).await {
+        Ok(joined) => joined??,
+        Err(_) => tracing::warn!(grace_secs = grace.as_secs(), "grace period over, exiting"),
+    }
+    Ok(ExitCode::SUCCESS)
+}
