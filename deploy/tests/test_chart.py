@@ -469,3 +469,20 @@ def test_without_ingest_no_topics_hook_and_services_create_topics():
     for svc in ("enrich", "crm"):
         env = env_of(one(manifests, "Deployment", svc).doc["spec"]["template"]["spec"]["containers"][0])
         assert env["DEALMESH_PROVISION_TOPICS"]["value"] == "true"
+
+
+def test_files_are_mounted_read_only_and_roll_the_pods_when_they_change():
+    def crm(content):
+        manifests = render({"crm": {"files": {"stages.txt": content}}})
+        deployment = one(manifests, "Deployment", "crm").doc["spec"]["template"]
+        configmap = next(m.doc for m in by_kind(manifests, "ConfigMap") if component(m.doc) == "crm")
+        return deployment, configmap
+
+    template, configmap = crm("sourced,passed")
+    assert configmap["data"] == {"stages.txt": "sourced,passed"}
+    volume = next(v for v in template["spec"]["volumes"] if v["name"] == "files")
+    assert volume["configMap"]["name"] == configmap["metadata"]["name"]
+    mount = next(m for m in template["spec"]["containers"][0]["volumeMounts"] if m["name"] == "files")
+    assert mount == {"name": "files", "mountPath": "/etc/dealmesh/files", "readOnly": True}
+    changed, _ = crm("sourced,screening,passed")
+    assert template["metadata"]["annotations"]["checksum/files"] != changed["metadata"]["annotations"]["checksum/files"]

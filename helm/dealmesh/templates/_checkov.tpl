@@ -17,7 +17,8 @@ CKV2_K8S_6: "NetworkPolicies are opt-in (networkPolicy.enabled) because their pe
 {{- define "dealmesh.checkovSkips" -}}
 {{- $reasons := include "dealmesh.checkovReasons" . | fromYaml }}
 {{- range $i, $id := .ids }}
-{{ printf "checkov.io/skip%d" (add1 $i) }}: {{ printf "%s=%s" $id (index $reasons $id) | quote }}
+{{- if $i }}{{ "\n" }}{{ end }}
+{{- printf "checkov.io/skip%d" (add1 $i) }}: {{ printf "%s=%s" $id (index $reasons $id) | quote }}
 {{- end }}
 {{- end }}
 
