@@ -49,6 +49,15 @@ pub async fn ingestor(
     config: &IngestConfig,
     registry: Option<&mut Registry>,
 ) -> anyhow::Result<Ingestor> {
+    Ok(ingestor_and_pool(config, registry).await?.0)
+}
+
+/// The ingestor and its connection pool (the pollers keep their state in
+/// the same database).
+pub async fn ingestor_and_pool(
+    config: &IngestConfig,
+    registry: Option<&mut Registry>,
+) -> anyhow::Result<(Ingestor, sqlx::PgPool)> {
     use anyhow::Context;
     let pool = connect(config).await?;
     MIGRATOR.run(&pool).await.context("migrations failed")?;
@@ -63,7 +72,7 @@ pub async fn ingestor(
     if let Some(registry) = registry {
         producer = producer.with_metrics(registry);
     }
-    Ok(Ingestor::new(pool, producer))
+    Ok((Ingestor::new(pool.clone(), producer), pool))
 }
 
 /// A built service: ports bound, dependencies connected, not yet serving.
@@ -76,6 +85,7 @@ pub struct App {
     admin_listener: TcpListener,
     config: IngestConfig,
     ingestor: Ingestor,
+    pool: sqlx::PgPool,
     registry: Arc<Registry>,
     grpc_metrics: GrpcMetrics,
     readiness: Readiness,
@@ -85,7 +95,7 @@ impl App {
     pub async fn build(config: IngestConfig) -> anyhow::Result<Self> {
         let mut registry = Registry::default();
         let grpc_metrics = GrpcMetrics::register(&mut registry);
-        let ingestor = ingestor(&config, Some(&mut registry)).await?;
+        let (ingestor, pool) = ingestor_and_pool(&config, Some(&mut registry)).await?;
         let grpc_listener = admin::bind(config.grpc_addr, "grpc").await?;
         let http_listener = admin::bind(config.http_addr, "http").await?;
         let admin_listener = admin::bind(config.admin_addr, "admin").await?;
@@ -101,6 +111,7 @@ impl App {
             admin_listener,
             config,
             ingestor,
+            pool,
             registry: Arc::new(registry),
             grpc_metrics,
             readiness,
@@ -154,6 +165,9 @@ impl App {
         );
         self.readiness.set("grpc", true);
         self.readiness.set("http", true);
+        // Pollers stop at once on shutdown (every wait is cancellable); a
+        // page being published is finished first.
+        let pollers = crate::pollers::spawn(&self.config, &self.ingestor, &self.pool, &shutdown)?;
         tracing::info!("ingest serving");
 
         let drain = {
@@ -175,6 +189,11 @@ impl App {
         };
         let (_, result) = tokio::join!(drain, servers);
         result?;
+        for poller in pollers {
+            if let Err(error) = poller.await {
+                tracing::error!(error = %error, "poller task failed");
+            }
+        }
         let ingestor = self.ingestor.clone();
         tokio::task::spawn_blocking(move || ingestor.flush(Duration::from_secs(10))).await??;
         tracing::info!("ingest stopped");

@@ -32,6 +32,50 @@ pub const PROVISION_TOPICS: &str = "DEALMESH_PROVISION_TOPICS";
 /// Time to drain on SIGTERM. Default `25s`.
 pub const SHUTDOWN_GRACE: &str = "DEALMESH_SHUTDOWN_GRACE";
 
+// Sourcing pollers (see POLLERS.md).
+
+/// Run the GitHub poller in `serve`. Default false.
+pub const GITHUB_ENABLED: &str = "DEALMESH_INGEST_GITHUB_ENABLED";
+/// GitHub REST API base URL. Default `https://api.github.com`.
+pub const GITHUB_API_URL: &str = "DEALMESH_INGEST_GITHUB_API_URL";
+/// GitHub token, sent as a bearer token. Optional (unauthenticated search is
+/// limited to 10 requests a minute).
+pub const GITHUB_TOKEN: &str = "DEALMESH_INGEST_GITHUB_TOKEN";
+/// Repository searches, `;`-separated, in GitHub search syntax, e.g.
+/// `topic:llm stars:>500;language:rust topic:database`.
+pub const GITHUB_SEARCHES: &str = "DEALMESH_INGEST_GITHUB_SEARCHES";
+/// Time between two GitHub polls. Default `15m`.
+pub const GITHUB_INTERVAL: &str = "DEALMESH_INGEST_GITHUB_INTERVAL";
+/// Results per search page, 1 to 100. Default 100.
+pub const GITHUB_PER_PAGE: &str = "DEALMESH_INGEST_GITHUB_PER_PAGE";
+/// Pages fetched per search and run; the next run resumes after them.
+/// Default 10 (GitHub serves at most 1000 results per search).
+pub const GITHUB_MAX_PAGES: &str = "DEALMESH_INGEST_GITHUB_MAX_PAGES";
+/// Run the Crunchbase poller in `serve`. Default false.
+pub const CRUNCHBASE_ENABLED: &str = "DEALMESH_INGEST_CRUNCHBASE_ENABLED";
+/// Crunchbase API base URL. Default `https://api.crunchbase.com`.
+pub const CRUNCHBASE_API_URL: &str = "DEALMESH_INGEST_CRUNCHBASE_API_URL";
+/// Crunchbase v4 user key (`X-cb-user-key`). Required when the Crunchbase
+/// poller is enabled or run.
+pub const CRUNCHBASE_USER_KEY: &str = "DEALMESH_INGEST_CRUNCHBASE_USER_KEY";
+/// Organization searches as a JSON object, search name to the body of
+/// `POST /api/v4/searches/organizations` (without `after_id`).
+pub const CRUNCHBASE_SEARCHES: &str = "DEALMESH_INGEST_CRUNCHBASE_SEARCHES";
+/// Path of a JSON file holding the same object as
+/// [`CRUNCHBASE_SEARCHES`]; the two are merged, a name in both is an error.
+pub const CRUNCHBASE_SEARCHES_FILE: &str = "DEALMESH_INGEST_CRUNCHBASE_SEARCHES_FILE";
+/// Crunchbase calls per minute, 1 to 200 (the documented limit). Default 180.
+pub const CRUNCHBASE_CALLS_PER_MINUTE: &str = "DEALMESH_INGEST_CRUNCHBASE_CALLS_PER_MINUTE";
+/// Time between two Crunchbase polls. Default `1h`.
+pub const CRUNCHBASE_INTERVAL: &str = "DEALMESH_INGEST_CRUNCHBASE_INTERVAL";
+/// Pages fetched per search and run. Default 20.
+pub const CRUNCHBASE_MAX_PAGES: &str = "DEALMESH_INGEST_CRUNCHBASE_MAX_PAGES";
+/// Timeout of one provider HTTP request. Default `30s`.
+pub const POLLER_HTTP_TIMEOUT: &str = "DEALMESH_INGEST_POLLER_HTTP_TIMEOUT";
+/// Attempts per provider request before a run gives up (5xx, timeouts, rate
+/// limits). Default 5.
+pub const POLLER_MAX_ATTEMPTS: &str = "DEALMESH_INGEST_POLLER_MAX_ATTEMPTS";
+
 #[derive(Clone)]
 pub struct IngestConfig {
     pub grpc_addr: SocketAddr,
@@ -45,6 +89,9 @@ pub struct IngestConfig {
     pub provision_topics: bool,
     pub shutdown_grace: Duration,
     pub kafka: KafkaSettings,
+    pub github: crate::pollers::GithubSettings,
+    pub crunchbase: crate::pollers::CrunchbaseSettings,
+    pub poller_http: crate::pollers::HttpSettings,
 }
 
 impl IngestConfig {
@@ -86,12 +133,15 @@ impl IngestConfig {
             shutdown_grace: r
                 .duration(SHUTDOWN_GRACE, dealmesh_runtime::shutdown::DEFAULT_GRACE)?,
             kafka: KafkaSettings::from_source(source)?,
+            github: crate::pollers::GithubSettings::from_reader(&r)?,
+            crunchbase: crate::pollers::CrunchbaseSettings::from_reader(&r)?,
+            poller_http: crate::pollers::HttpSettings::from_reader(&r)?,
         })
     }
 }
 
 /// Prints the effective configuration with secrets redacted: the database
-/// password and every webhook secret.
+/// password, every webhook secret and the poller credentials.
 impl fmt::Debug for IngestConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let database_url = redact_url_password(self.database_url.expose_secret());
@@ -110,6 +160,9 @@ impl fmt::Debug for IngestConfig {
             .field("provision_topics", &self.provision_topics)
             .field("shutdown_grace", &self.shutdown_grace)
             .field("kafka", &self.kafka)
+            .field("github", &self.github)
+            .field("crunchbase", &self.crunchbase)
+            .field("poller_http", &self.poller_http)
             .finish()
     }
 }

@@ -1,5 +1,5 @@
-//! `dealmesh-ingest`: serve the ingest APIs, migrate its database, or import
-//! a CSV file of deals.
+//! `dealmesh-ingest`: serve the ingest APIs, migrate its database, import
+//! a CSV file of deals, or run a sourcing poller once.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -49,6 +49,12 @@ enum Command {
         #[arg(long, default_value = "")]
         description: String,
     },
+    /// Run every configured search of one poller once, print what each
+    /// did, then exit (status 1 if a search failed or is disabled).
+    Poll {
+        #[arg(value_enum)]
+        provider: Provider,
+    },
     /// Import deals from a CSV file (header row required; see README).
     Import {
         file: PathBuf,
@@ -59,6 +65,12 @@ enum Command {
         #[arg(long)]
         partial: bool,
     },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Provider {
+    Github,
+    Crunchbase,
 }
 
 /// Exit status when input data is bad (sysexits `EX_DATAERR`).
@@ -111,6 +123,7 @@ fn main() -> ExitCode {
                 Ok(ExitCode::SUCCESS)
             }
             Command::Import { file, source, partial } => import(config, file, source, partial).await,
+            Command::Poll { provider } => poll(config, provider).await,
             Command::Submit { .. } => unreachable!("handled before configuration is read"),
         }
     });
@@ -188,6 +201,81 @@ async fn import(
         ExitCode::from(EXIT_DATA)
     } else {
         ExitCode::SUCCESS
+    })
+}
+
+async fn poll(config: IngestConfig, provider: Provider) -> anyhow::Result<ExitCode> {
+    use dealmesh_ingest::config as keys;
+    use dealmesh_ingest::pollers::{self, SharedClock, SystemClock, state::StateStore};
+    let missing = match provider {
+        Provider::Github if config.github.searches.is_empty() => Some(keys::GITHUB_SEARCHES),
+        Provider::Crunchbase if config.crunchbase.searches.is_empty() => {
+            Some(keys::CRUNCHBASE_SEARCHES)
+        }
+        Provider::Crunchbase if config.crunchbase.user_key.is_none() => {
+            Some(keys::CRUNCHBASE_USER_KEY)
+        }
+        _ => None,
+    };
+    if let Some(key) = missing {
+        eprintln!("dealmesh-ingest: configuration: {key} is required to poll");
+        return Ok(ExitCode::from(dealmesh_runtime::EXIT_CONFIG as u8));
+    }
+    let (ingestor, pool) = app::ingestor_and_pool(&config, None).await?;
+    let state = StateStore::new(pool);
+    let clock: SharedClock = std::sync::Arc::new(SystemClock::default());
+    let token = CancellationToken::new();
+    shutdown::cancel_on_signal(token.clone());
+    let (name, reports) = match provider {
+        Provider::Github => {
+            let poller = pollers::github::GithubPoller::new(
+                config.github.clone(),
+                &config.poller_http,
+                ingestor.clone(),
+                state,
+                clock,
+            )?;
+            ("github", poller.poll(&token).await)
+        }
+        Provider::Crunchbase => {
+            let poller = pollers::crunchbase::CrunchbasePoller::new(
+                config.crunchbase.clone(),
+                &config.poller_http,
+                ingestor.clone(),
+                state,
+                clock,
+            )?;
+            ("crunchbase", poller.poll(&token).await)
+        }
+    };
+    let flushing = ingestor.clone();
+    tokio::task::spawn_blocking(move || flushing.flush(std::time::Duration::from_secs(10)))
+        .await??;
+    let mut ok = true;
+    for report in &reports {
+        ok &= report.is_ok();
+        match (&report.outcome, &report.disabled) {
+            (_, Some(reason)) => println!("{name} {:?}: disabled: {reason}", report.search),
+            (Ok(run), None) if run.not_modified => {
+                println!("{name} {:?}: not modified", report.search)
+            }
+            (Ok(run), None) => println!(
+                "{name} {:?}: {} page(s), {} seen, {} new, {} already known, {} skipped{}",
+                report.search,
+                run.pages,
+                run.seen,
+                run.emitted,
+                run.duplicates,
+                run.skipped,
+                if run.more { ", more next run" } else { "" }
+            ),
+            (Err(error), None) => println!("{name} {:?}: failed: {error}", report.search),
+        }
+    }
+    Ok(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
     })
 }
 
