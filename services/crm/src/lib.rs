@@ -1,0 +1,11 @@
+//! The CRM: projects the deal log into PostgreSQL, serves queries and decides commands through the log.
+
+pub mod app;
+pub mod closer;
+pub mod commands;
+pub mod config;
+pub mod db;
+pub mod grpc;
+pub mod projection;
+pub mod projector;
+pub mod read;
