@@ -486,3 +486,19 @@ def test_files_are_mounted_read_only_and_roll_the_pods_when_they_change():
     assert mount == {"name": "files", "mountPath": "/etc/dealmesh/files", "readOnly": True}
     changed, _ = crm("sourced,screening,passed")
     assert template["metadata"]["annotations"]["checksum/files"] != changed["metadata"]["annotations"]["checksum/files"]
+
+
+def test_hook_jobs_get_the_files_before_the_release_exists():
+    manifests = render({"ingest": {"files": {"searches.json": "{}"},
+                                   "config": {"crunchbaseSearchesFile": "/etc/dealmesh/files/searches.json"}}})
+    hook_copy = next(m for m in by_kind(manifests, "ConfigMap") if m.name.endswith("-hook-files"))
+    assert hook_copy.doc["data"] == {"searches.json": "{}"}
+    jobs = [j for j in by_kind(manifests, "Job") if component(j.doc) == "ingest"]
+    assert {j.doc["spec"]["template"]["spec"]["containers"][0]["args"][0] for j in jobs} == {"migrate", "topics"}
+    for job in jobs:
+        assert int(hook_copy.annotations["helm.sh/hook-weight"]) < int(job.annotations["helm.sh/hook-weight"])
+        assert job.annotations["helm.sh/hook"] == hook_copy.annotations["helm.sh/hook"]
+        volume = next(v for v in job.doc["spec"]["template"]["spec"]["volumes"] if v["name"] == "files")
+        assert volume["configMap"]["name"] == hook_copy.name
+    serve = one(manifests, "Deployment", "ingest").doc["spec"]["template"]["spec"]
+    assert next(v for v in serve["volumes"] if v["name"] == "files")["configMap"]["name"] == f"{RELEASE}-dealmesh-ingest-files"

@@ -318,7 +318,7 @@ binary). Takes (dict "root" $ "svc" name). Secrets only ever by reference.
 {{- if (index .root.Values .svc).files }}
 - name: files
   configMap:
-    name: {{ include "dealmesh.componentName" . }}-files
+    name: {{ include "dealmesh.componentName" . }}-{{ if get . "hook" }}hook-{{ end }}files
 {{- end }}
 {{- with .root.Values.kafka.tls.existingSecret }}
 - name: kafka-tls
