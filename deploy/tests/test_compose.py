@@ -55,6 +55,8 @@ def test_the_stack_has_kafka_kraft_postgres_tracing_and_the_five_services():
     assert not [n for n in SERVICES if "zookeeper" in n]
     # A KRaft cluster id is 16 bytes, URL-safe base64 without padding.
     assert re.fullmatch(r"[A-Za-z0-9_-]{22}", kafka["environment"]["CLUSTER_ID"])
+    # Data survives a restart: the log directory is the mounted volume.
+    assert f"kafka-data:{kafka['environment']['KAFKA_LOG_DIRS']}" in kafka["volumes"]
     assert SERVICES["postgres"]["image"].startswith("postgres:")
     assert SERVICES["otel-collector"]["image"].startswith("otel/opentelemetry-collector")
     assert SERVICES["jaeger"]["image"].startswith("jaegertracing/")
