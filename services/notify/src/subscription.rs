@@ -485,7 +485,7 @@ pub async fn listening<'e>(
 
 /// Deletes an API subscription (of `subscriber`, unless None: an admin) and
 /// cancels its pending deliveries; returns how many were cancelled.
-#[tracing::instrument(skip_all, fields(subscription_id = %id), err)]
+#[tracing::instrument(skip_all, fields(subscription_id = %id))]
 pub async fn delete(pool: &PgPool, id: Uuid, subscriber: Option<&str>) -> Result<u64, StoreError> {
     let mut tx = pool.begin().await?;
     let origin: Option<String> = sqlx::query_scalar(
