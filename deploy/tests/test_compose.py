@@ -176,3 +176,13 @@ def test_scoring_image_carries_the_model_where_chart_and_compose_look():
 def test_build_context_leaves_out_build_output_and_git():
     ignored = (DEPLOY / "Dockerfile.dockerignore").read_text().split()
     assert {"target", ".git"} <= set(ignored)
+
+
+def test_builder_uses_the_workspace_toolchain_and_builds_every_binary():
+    import tomllib
+
+    workspace = tomllib.loads((envkeys.REPO / "Cargo.toml").read_text())
+    rust = re.search(r"^ARG RUST_VERSION=(\S+)$", DOCKERFILE, re.M).group(1)
+    assert rust == workspace["workspace"]["package"]["rust-version"]
+    for svc in envkeys.SERVICES:
+        assert envkeys.has_binary(svc), f"services/{svc} builds no dealmesh-{svc} binary"
