@@ -7,5 +7,7 @@
 mod crunchbase;
 #[path = "pollers/github.rs"]
 mod github;
+#[path = "pollers/service.rs"]
+mod service;
 #[path = "pollers/support.rs"]
 mod support;

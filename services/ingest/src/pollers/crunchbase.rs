@@ -369,9 +369,13 @@ impl CrunchbasePoller {
                                 message: crunchbase_message(&text),
                             });
                         }
-                        500..=599 => {
+                        202 | 500..=599 => {
                             last = format!("HTTP {status}");
-                            tracing::warn!(attempt, status, "crunchbase server error");
+                            tracing::warn!(
+                                attempt,
+                                status,
+                                "crunchbase answer not ready or server error"
+                            );
                             super::backoff(attempt)
                         }
                         _ => {

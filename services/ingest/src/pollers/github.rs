@@ -354,9 +354,14 @@ impl GithubPoller {
                                 message: github_message(&body),
                             });
                         }
-                        500..=599 => {
+                        // 202: GitHub is still computing the answer.
+                        202 | 500..=599 => {
                             last = format!("HTTP {status}");
-                            tracing::warn!(attempt, status, "github server error");
+                            tracing::warn!(
+                                attempt,
+                                status,
+                                "github answer not ready or server error"
+                            );
                             super::backoff(attempt)
                         }
                         _ => {

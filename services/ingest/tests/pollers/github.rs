@@ -255,13 +255,19 @@ async fn a_secondary_rate_limit_is_retried_after_retry_after() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn server_errors_are_retried_with_backoff_then_succeed() {
+async fn not_ready_and_server_errors_are_retried_with_backoff_then_succeed() {
     let h = Harness::start().await;
     let server = MockServer::start().await;
     first_page()
-        .respond_with(ResponseTemplate::new(502).set_body_string("<html>Bad Gateway</html>"))
-        .up_to_n_times(2)
+        .respond_with(ResponseTemplate::new(202))
+        .up_to_n_times(1)
         .with_priority(1)
+        .mount(&server)
+        .await;
+    first_page()
+        .respond_with(ResponseTemplate::new(502).set_body_string("<html>Bad Gateway</html>"))
+        .up_to_n_times(1)
+        .with_priority(2)
         .mount(&server)
         .await;
     first_page()
