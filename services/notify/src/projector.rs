@@ -14,6 +14,7 @@ use dealmesh_proto::{DealEvent, Payload};
 use serde_json::json;
 use sqlx::{PgConnection, PgPool};
 use tokio::sync::{Notify, watch};
+use uuid::Uuid;
 
 use crate::event::{self, LP_TRIGGERS};
 use crate::subscription::{self, Stored};
@@ -138,14 +139,13 @@ impl Projector {
         let trigger = event::trigger(payload);
         let summary = event::summary(event, &deal.name);
 
-        let mut deliveries = 0;
+        let mut batch = Batch::default();
         for subscription in subscription::listening(&mut *tx, trigger).await? {
             if hears(&subscription, event, &deal) {
-                deliveries += self
-                    .write_delivery(&mut tx, &subscription, event, trigger, &deal, &summary)
-                    .await?;
+                self.delivery(&mut batch, &subscription, event, trigger, &deal, &summary);
             }
         }
+        let deliveries = batch.insert(&mut tx).await?;
 
         // Taken last and held to commit: feed ids become visible in order.
         sqlx::query("SELECT pg_advisory_xact_lock($1)")
@@ -187,15 +187,16 @@ impl Projector {
         })
     }
 
-    async fn write_delivery(
+    /// Adds the delivery `subscription` gets for `event` to `batch`.
+    fn delivery(
         &self,
-        tx: &mut PgConnection,
+        batch: &mut Batch,
         subscription: &Stored,
         event: &DealEvent,
         trigger: NotificationTrigger,
         deal: &DealContext,
         summary: &str,
-    ) -> Result<u64, sqlx::Error> {
+    ) {
         let occurred_at = event::occurred_at(event);
         let notification_id = caused_event_id(
             occurred_at,
@@ -254,23 +255,55 @@ impl Projector {
         if let Some(error) = &last_error {
             tracing::warn!(delivery_id = %id, subscription_id = %subscription.id, error, "delivery refused");
         }
-        let inserted = sqlx::query(
+        batch.ids.push(id);
+        batch.notification_ids.push(notification_id);
+        batch.recipients.push(subscription.target.clone());
+        batch.channels.push(subscription.channel.clone());
+        batch.subscription_ids.push(subscription.id);
+        batch.event_ids.push(event.event_id.clone());
+        batch.statuses.push(status.to_owned());
+        batch.bodies.push(body);
+        batch.last_errors.push(last_error);
+    }
+}
+
+/// The deliveries one event causes, written with one statement.
+#[derive(Default)]
+struct Batch {
+    ids: Vec<Uuid>,
+    notification_ids: Vec<Uuid>,
+    recipients: Vec<String>,
+    channels: Vec<String>,
+    subscription_ids: Vec<Uuid>,
+    event_ids: Vec<String>,
+    statuses: Vec<String>,
+    bodies: Vec<String>,
+    last_errors: Vec<Option<String>>,
+}
+
+impl Batch {
+    /// Inserts what is new; returns how many new deliveries are pending.
+    async fn insert(self, tx: &mut PgConnection) -> Result<u64, sqlx::Error> {
+        if self.ids.is_empty() {
+            return Ok(0);
+        }
+        let pending: Vec<bool> = sqlx::query_scalar(
             "INSERT INTO deliveries (id, notification_id, recipient, channel, subscription_id, event_id, status, body, last_error) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT DO NOTHING",
+             SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::uuid[], $6::text[], $7::text[], $8::text[], $9::text[]) \
+             ON CONFLICT DO NOTHING RETURNING status = 'pending'",
         )
-        .bind(id)
-        .bind(notification_id)
-        .bind(&subscription.target)
-        .bind(&subscription.channel)
-        .bind(subscription.id)
-        .bind(&event.event_id)
-        .bind(status)
-        .bind(&body)
-        .bind(last_error)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        Ok(if status == "pending" { inserted } else { 0 })
+        .bind(&self.ids)
+        .bind(&self.notification_ids)
+        .bind(&self.recipients)
+        .bind(&self.channels)
+        .bind(&self.subscription_ids)
+        .bind(&self.event_ids)
+        .bind(&self.statuses)
+        .bind(&self.bodies)
+        .bind(&self.last_errors)
+        .fetch_all(&mut *tx)
+        .await?;
+        Ok(pending.into_iter().filter(|p| *p).count() as u64)
     }
 }
 
