@@ -34,7 +34,7 @@ async fn a_killed_service_restarts_into_exactly_one_enrichment_per_deal() {
     let log = TestLog::create().await;
     // Slow providers, few lanes: the batch takes several seconds, so the
     // kill lands in the middle of it.
-    let github = github_fake(Duration::from_millis(250)).await;
+    let github = github_fake(Duration::from_millis(800)).await;
     let mut env = log.env();
     env.extend(env_for(&github, None, None));
     env.extend([
