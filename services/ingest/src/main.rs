@@ -255,6 +255,10 @@ async fn poll(config: IngestConfig, provider: Provider) -> anyhow::Result<ExitCo
     for report in &reports {
         ok &= report.is_ok();
         match (&report.outcome, &report.disabled) {
+            _ if report.busy => println!(
+                "{name} {:?}: being polled by another process, skipped",
+                report.search
+            ),
             (_, Some(reason)) => println!("{name} {:?}: disabled: {reason}", report.search),
             (Ok(run), None) if run.not_modified => {
                 println!("{name} {:?}: not modified", report.search)

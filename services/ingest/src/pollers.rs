@@ -199,11 +199,22 @@ pub struct SearchReport {
     pub outcome: Result<SearchRun>,
     /// The search is disabled (rejected by the provider) and was not run.
     pub disabled: Option<String>,
+    /// Another replica was polling this search; it was not run here.
+    pub busy: bool,
 }
 
 impl SearchReport {
     pub fn is_ok(&self) -> bool {
         self.outcome.is_ok() && self.disabled.is_none()
+    }
+
+    pub(crate) fn new(search: &str, outcome: Result<SearchRun>) -> Self {
+        Self {
+            search: search.to_owned(),
+            outcome,
+            disabled: None,
+            busy: false,
+        }
     }
 }
 
@@ -365,6 +376,10 @@ pub fn spawn(
 
 pub fn log_reports(poller: &str, reports: &[SearchReport]) {
     for report in reports {
+        if report.busy {
+            tracing::info!(poller, search = %report.search, "search polled by another replica, skipped");
+            continue;
+        }
         match (&report.outcome, &report.disabled) {
             (_, Some(reason)) => {
                 tracing::warn!(poller, search = %report.search, reason, "search disabled, skipped");

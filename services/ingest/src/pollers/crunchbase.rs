@@ -169,25 +169,38 @@ impl CrunchbasePoller {
         search: &CrunchbaseSearch,
         cancel: &CancellationToken,
     ) -> SearchReport {
+        let claim = match self.state.try_claim(POLLER, &search.name).await {
+            Ok(Some(claim)) => claim,
+            Ok(None) => {
+                let mut report = SearchReport::new(&search.name, Ok(SearchRun::default()));
+                report.busy = true;
+                return report;
+            }
+            Err(error) => return SearchReport::new(&search.name, Err(error.into())),
+        };
+        let report = self.poll_claimed(search, cancel).await;
+        claim.release().await;
+        report
+    }
+
+    async fn poll_claimed(
+        &self,
+        search: &CrunchbaseSearch,
+        cancel: &CancellationToken,
+    ) -> SearchReport {
         let body = Value::Object(search.body.clone()).to_string();
         let definition =
             super::definition_hash(&[self.settings.api_url.as_str(), &search.name, &body]);
         let state = match self.state.begin(POLLER, &search.name, &definition).await {
             Ok(state) => state,
             Err(error) => {
-                return SearchReport {
-                    search: search.name.clone(),
-                    outcome: Err(error.into()),
-                    disabled: None,
-                };
+                return SearchReport::new(&search.name, Err(error.into()));
             }
         };
         if let Some(reason) = state.disabled_reason {
-            return SearchReport {
-                search: search.name.clone(),
-                outcome: Ok(SearchRun::default()),
-                disabled: Some(reason),
-            };
+            let mut report = SearchReport::new(&search.name, Ok(SearchRun::default()));
+            report.disabled = Some(reason);
+            return report;
         }
         let outcome = self.run(search, state.cursor, cancel).await;
         if let Err(error) = self.state.finish(POLLER, &search.name, &outcome).await {
@@ -196,11 +209,7 @@ impl CrunchbasePoller {
         if let Err(error @ Error::InvalidSearch { .. }) = &outcome {
             tracing::error!(error = %error, "search disabled until its configuration changes");
         }
-        SearchReport {
-            search: search.name.clone(),
-            outcome,
-            disabled: None,
-        }
+        SearchReport::new(&search.name, outcome)
     }
 
     async fn run(

@@ -161,6 +161,21 @@ impl GithubPoller {
 
     #[tracing::instrument(skip_all, fields(poller = POLLER, search = %query))]
     async fn poll_search(&self, query: &str, cancel: &CancellationToken) -> SearchReport {
+        let claim = match self.state.try_claim(POLLER, query).await {
+            Ok(Some(claim)) => claim,
+            Ok(None) => {
+                let mut report = SearchReport::new(query, Ok(SearchRun::default()));
+                report.busy = true;
+                return report;
+            }
+            Err(error) => return SearchReport::new(query, Err(error.into())),
+        };
+        let report = self.poll_claimed(query, cancel).await;
+        claim.release().await;
+        report
+    }
+
+    async fn poll_claimed(&self, query: &str, cancel: &CancellationToken) -> SearchReport {
         let definition = super::definition_hash(&[
             self.settings.api_url.as_str(),
             query,
@@ -169,19 +184,13 @@ impl GithubPoller {
         let state = match self.state.begin(POLLER, query, &definition).await {
             Ok(state) => state,
             Err(error) => {
-                return SearchReport {
-                    search: query.to_owned(),
-                    outcome: Err(error.into()),
-                    disabled: None,
-                };
+                return SearchReport::new(query, Err(error.into()));
             }
         };
         if let Some(reason) = state.disabled_reason {
-            return SearchReport {
-                search: query.to_owned(),
-                outcome: Ok(SearchRun::default()),
-                disabled: Some(reason),
-            };
+            let mut report = SearchReport::new(query, Ok(SearchRun::default()));
+            report.disabled = Some(reason);
+            return report;
         }
         let outcome = self.run(query, state.etag, state.cursor, cancel).await;
         if let Err(error) = self.state.finish(POLLER, query, &outcome).await {
@@ -190,11 +199,7 @@ impl GithubPoller {
         if let Err(error @ Error::InvalidSearch { .. }) = &outcome {
             tracing::error!(error = %error, "search disabled until its configuration changes");
         }
-        SearchReport {
-            search: query.to_owned(),
-            outcome,
-            disabled: None,
-        }
+        SearchReport::new(query, outcome)
     }
 
     async fn run(

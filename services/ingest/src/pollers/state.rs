@@ -33,9 +33,59 @@ pub struct StateStore {
     pool: PgPool,
 }
 
+/// One replica's exclusive right to run a search: a PostgreSQL session
+/// advisory lock on a connection taken out of the pool. Released by
+/// [`Claim::release`], or by the server when the connection closes (drop,
+/// crash), so a lock can never outlive its holder.
+pub struct Claim {
+    connection: sqlx::PgConnection,
+    key: String,
+}
+
+impl Claim {
+    pub async fn release(mut self) {
+        let released = sqlx::query("SELECT pg_advisory_unlock(hashtextextended($1, 0))")
+            .bind(&self.key)
+            .execute(&mut self.connection)
+            .await;
+        if let Err(error) = released {
+            tracing::warn!(error = %error, "cannot release the poller lock; closing its connection");
+        }
+        let _ = sqlx::Connection::close(self.connection).await;
+    }
+}
+
+/// The advisory lock key of a search.
+pub fn claim_key(poller: &str, search: &str) -> String {
+    format!("dealmesh-ingest/poller/{poller}/{search}")
+}
+
 impl StateStore {
     pub fn new(pool: PgPool) -> Self {
         Self { pool }
+    }
+
+    /// Claims `search` for this replica, or `None` while another replica
+    /// (or another run here) is polling it: replicas share the work instead
+    /// of paying the provider twice.
+    pub async fn try_claim(
+        &self,
+        poller: &str,
+        search: &str,
+    ) -> Result<Option<Claim>, sqlx::Error> {
+        let key = claim_key(poller, search);
+        let mut connection = self.pool.acquire().await?.detach();
+        let claimed: bool =
+            sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtextextended($1, 0))")
+                .bind(&key)
+                .fetch_one(&mut connection)
+                .await?;
+        if claimed {
+            Ok(Some(Claim { connection, key }))
+        } else {
+            let _ = sqlx::Connection::close(connection).await;
+            Ok(None)
+        }
     }
 
     /// Marks a run of `search` as started and returns its state. A search

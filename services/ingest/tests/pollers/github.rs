@@ -561,3 +561,31 @@ async fn shutdown_interrupts_a_rate_limit_wait() {
     // A shutdown is not recorded as the search's failure.
     assert!(h.state_of(POLLER, QUERY).await.last_error.is_none());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_search_another_replica_is_polling_is_skipped() {
+    let h = Harness::start().await;
+    let server = MockServer::start().await;
+    first_page()
+        .respond_with(ok(page(vec![repo(91, "mu", "m", None)])))
+        .expect(1)
+        .mount(&server)
+        .await;
+    let other_replica = h
+        .state
+        .try_claim(POLLER, QUERY)
+        .await
+        .unwrap()
+        .expect("free");
+    let poller = h.github(&server.uri(), &[]);
+    let report = only(poller.poll(&CancellationToken::new()).await);
+    assert!(report.busy, "{report:?}");
+    assert!(server.received_requests().await.unwrap().is_empty());
+
+    other_replica.release().await;
+    let result = run(only(poller.poll(&CancellationToken::new()).await));
+    assert_eq!(result.emitted, 1);
+    // The claim is released after the run: the next one is not blocked.
+    assert!(h.state.try_claim(POLLER, QUERY).await.unwrap().is_some());
+    server.verify().await;
+}
