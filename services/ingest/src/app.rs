@@ -86,6 +86,7 @@ pub struct App {
     config: IngestConfig,
     ingestor: Ingestor,
     pool: sqlx::PgPool,
+    poller_metrics: crate::pollers::metrics::PollerMetrics,
     registry: Arc<Registry>,
     grpc_metrics: GrpcMetrics,
     readiness: Readiness,
@@ -95,6 +96,7 @@ impl App {
     pub async fn build(config: IngestConfig) -> anyhow::Result<Self> {
         let mut registry = Registry::default();
         let grpc_metrics = GrpcMetrics::register(&mut registry);
+        let poller_metrics = crate::pollers::metrics::PollerMetrics::register(&mut registry);
         let (ingestor, pool) = ingestor_and_pool(&config, Some(&mut registry)).await?;
         let grpc_listener = admin::bind(config.grpc_addr, "grpc").await?;
         let http_listener = admin::bind(config.http_addr, "http").await?;
@@ -112,6 +114,7 @@ impl App {
             config,
             ingestor,
             pool,
+            poller_metrics,
             registry: Arc::new(registry),
             grpc_metrics,
             readiness,
@@ -167,7 +170,13 @@ impl App {
         self.readiness.set("http", true);
         // Pollers stop at once on shutdown (every wait is cancellable); a
         // page being published is finished first.
-        let pollers = crate::pollers::spawn(&self.config, &self.ingestor, &self.pool, &shutdown)?;
+        let pollers = crate::pollers::spawn(
+            &self.config,
+            &self.ingestor,
+            &self.pool,
+            &self.poller_metrics,
+            &shutdown,
+        )?;
         tracing::info!("ingest serving");
 
         let drain = {

@@ -14,6 +14,7 @@
 
 pub mod crunchbase;
 pub mod github;
+pub mod metrics;
 pub mod settings;
 pub mod state;
 
@@ -319,6 +320,7 @@ pub fn spawn(
     config: &crate::config::IngestConfig,
     ingestor: &Ingestor,
     pool: &sqlx::PgPool,
+    metrics: &metrics::PollerMetrics,
     shutdown: &CancellationToken,
 ) -> Result<Vec<tokio::task::JoinHandle<()>>, reqwest::Error> {
     let clock: SharedClock = Arc::new(SystemClock::default());
@@ -331,7 +333,8 @@ pub fn spawn(
             ingestor.clone(),
             state.clone(),
             clock.clone(),
-        )?;
+        )?
+        .with_metrics(metrics.clone());
         let interval = config.github.interval;
         let shutdown = shutdown.clone();
         tasks.push(tokio::spawn(async move {
@@ -353,7 +356,8 @@ pub fn spawn(
             ingestor.clone(),
             state,
             clock,
-        )?;
+        )?
+        .with_metrics(metrics.clone());
         let interval = config.crunchbase.interval;
         let shutdown = shutdown.clone();
         tasks.push(tokio::spawn(async move {

@@ -25,6 +25,7 @@ use serde::Deserialize;
 use serde_json::Value;
 use url::Url;
 
+use super::metrics::PollerMetrics;
 use super::settings::{CrunchbaseSearch, CrunchbaseSettings, HttpSettings};
 use super::state::StateStore;
 use super::{Error, Result, SearchReport, SearchRun, SharedClock, pause};
@@ -74,6 +75,7 @@ pub struct CrunchbasePoller {
     ingestor: Ingestor,
     state: StateStore,
     clock: SharedClock,
+    metrics: PollerMetrics,
     pacer: Pacer,
     pacing_clock: PacingClock,
 }
@@ -148,7 +150,14 @@ impl CrunchbasePoller {
             ingestor,
             state,
             clock,
+            metrics: PollerMetrics::default(),
         })
+    }
+
+    /// Counts requests, results and runs in `metrics`.
+    pub fn with_metrics(mut self, metrics: PollerMetrics) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// Runs every configured search once, in order.
@@ -158,7 +167,9 @@ impl CrunchbasePoller {
             if cancel.is_cancelled() {
                 break;
             }
-            reports.push(self.poll_search(search, cancel).await);
+            let report = self.poll_search(search, cancel).await;
+            self.metrics.run(PROVIDER, &report);
+            reports.push(report);
         }
         reports
     }
@@ -247,15 +258,20 @@ impl CrunchbasePoller {
             let last_uuid = entities.last().and_then(entity_uuid);
             let full_page = entities.len() as u64 >= limit;
             let mut sightings = Vec::with_capacity(entities.len());
+            let mut unreadable = 0;
             for entity in entities {
                 match serde_json::from_value::<Entity>(entity) {
                     Ok(entity) => match sighting(entity) {
                         Some(s) => sightings.push(s),
-                        None => run.skipped += 1,
+                        None => {
+                            run.skipped += 1;
+                            unreadable += 1;
+                        }
                     },
                     Err(error) => {
                         tracing::warn!(error = %error, "organization skipped: unexpected shape");
                         run.skipped += 1;
+                        unreadable += 1;
                     }
                 }
             }
@@ -263,6 +279,10 @@ impl CrunchbasePoller {
             run.emitted += totals.emitted;
             run.duplicates += totals.duplicates;
             run.skipped += totals.skipped;
+            self.metrics.deals(PROVIDER, "emitted", totals.emitted);
+            self.metrics.deals(PROVIDER, "duplicate", totals.duplicates);
+            self.metrics
+                .deals(PROVIDER, "skipped", totals.skipped + unreadable);
             after_id = match (full_page, last_uuid) {
                 (true, Some(uuid)) => Some(uuid),
                 (true, None) => {
@@ -346,6 +366,14 @@ impl CrunchbasePoller {
             };
             let retry_in = match sent {
                 Err(error) => {
+                    self.metrics.request(
+                        PROVIDER,
+                        if error.is_timeout() {
+                            "timeout"
+                        } else {
+                            "error"
+                        },
+                    );
                     last = if error.is_timeout() {
                         "timed out".to_owned()
                     } else {
@@ -356,6 +384,7 @@ impl CrunchbasePoller {
                 }
                 Ok(response) => {
                     let status = response.status().as_u16();
+                    self.metrics.request(PROVIDER, &status.to_string());
                     let headers = response.headers().clone();
                     match status {
                         200 => return self.page(url, response).await,

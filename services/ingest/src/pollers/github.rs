@@ -28,6 +28,7 @@ use secrecy::ExposeSecret;
 use serde::Deserialize;
 use url::Url;
 
+use super::metrics::PollerMetrics;
 use super::settings::{GithubSettings, HttpSettings};
 use super::state::StateStore;
 use super::{Error, Result, SearchReport, SearchRun, SharedClock, pause};
@@ -68,6 +69,7 @@ pub struct GithubPoller {
     ingestor: Ingestor,
     state: StateStore,
     clock: SharedClock,
+    metrics: PollerMetrics,
     /// Set when GitHub reported no requests left: nothing is sent before.
     blocked_until: Mutex<Option<DateTime<Utc>>>,
 }
@@ -144,7 +146,14 @@ impl GithubPoller {
             state,
             clock,
             blocked_until: Mutex::new(None),
+            metrics: PollerMetrics::default(),
         })
+    }
+
+    /// Counts requests, results and runs in `metrics`.
+    pub fn with_metrics(mut self, metrics: PollerMetrics) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// Runs every configured search once, in order.
@@ -154,7 +163,9 @@ impl GithubPoller {
             if cancel.is_cancelled() {
                 break;
             }
-            reports.push(self.poll_search(query, cancel).await);
+            let report = self.poll_search(query, cancel).await;
+            self.metrics.run(PROVIDER, &report);
+            reports.push(report);
         }
         reports
     }
@@ -239,12 +250,14 @@ impl GithubPoller {
             run.pages += 1;
             run.seen += items.len();
             let mut sightings = Vec::with_capacity(items.len());
+            let mut unreadable = 0;
             for item in items {
                 match serde_json::from_value::<Repository>(item) {
                     Ok(repo) => sightings.push(sighting(repo)),
                     Err(error) => {
                         tracing::warn!(error = %error, url = %url, "repository skipped: unexpected shape");
                         run.skipped += 1;
+                        unreadable += 1;
                     }
                 }
             }
@@ -252,6 +265,10 @@ impl GithubPoller {
             run.emitted += totals.emitted;
             run.duplicates += totals.duplicates;
             run.skipped += totals.skipped;
+            self.metrics.deals(PROVIDER, "emitted", totals.emitted);
+            self.metrics.deals(PROVIDER, "duplicate", totals.duplicates);
+            self.metrics
+                .deals(PROVIDER, "skipped", totals.skipped + unreadable);
             self.state
                 .advance(
                     POLLER,
@@ -315,12 +332,21 @@ impl GithubPoller {
             };
             let retry_in = match sent {
                 Err(error) => {
+                    self.metrics.request(
+                        PROVIDER,
+                        if error.is_timeout() {
+                            "timeout"
+                        } else {
+                            "error"
+                        },
+                    );
                     last = transport_message(&error);
                     tracing::warn!(attempt, error = %last, "github request failed");
                     super::backoff(attempt)
                 }
                 Ok(response) => {
                     let status = response.status().as_u16();
+                    self.metrics.request(PROVIDER, &status.to_string());
                     let headers = response.headers().clone();
                     self.note_rate_limit(&headers);
                     match status {

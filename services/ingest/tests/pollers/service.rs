@@ -147,6 +147,7 @@ async fn serve_runs_an_enabled_poller_and_stops_it_on_shutdown() {
         ("DEALMESH_INGEST_GITHUB_INTERVAL", "1h"),
     ]);
     let app = App::build(config).await.unwrap();
+    let admin = app.admin_addr;
     let shutdown = dealmesh_runtime::shutdown::CancellationToken::new();
     let task = tokio::spawn(app.run(shutdown.clone()));
 
@@ -166,6 +167,20 @@ async fn serve_runs_an_enabled_poller_and_stops_it_on_shutdown() {
     let sourced = h.sourced().await;
     assert_eq!(sourced.len(), 1);
     assert_eq!(sourced[0].1.source, "github");
+
+    let metrics = reqwest::get(format!("http://{admin}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for line in [
+        r#"ingest_poller_requests_total{provider="github",status="200"} 1"#,
+        r#"ingest_poller_deals_total{provider="github",outcome="emitted"} 1"#,
+        r#"ingest_poller_runs_total{provider="github",result="ok"} 1"#,
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "{line} missing from:\n{metrics}");
+    }
 
     // Waiting out its hour does not hold up the shutdown.
     shutdown.cancel();
