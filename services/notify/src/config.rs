@@ -58,6 +58,9 @@ pub const SMTP_PASSWORD: &str = "DEALMESH_NOTIFY_SMTP_PASSWORD";
 /// `opportunistic` (STARTTLS when offered, the default), `required`
 /// (STARTTLS or fail) or `wrapper` (implicit TLS, port 465).
 pub const SMTP_TLS: &str = "DEALMESH_NOTIFY_SMTP_TLS";
+/// Optional PEM file of extra CA certificates trusted for the SMTP server's
+/// TLS certificate (a private CA).
+pub const SMTP_CA_FILE: &str = "DEALMESH_NOTIFY_SMTP_CA_FILE";
 /// Sender address. Default `dealmesh <notify@localhost>`.
 pub const SMTP_FROM: &str = "DEALMESH_NOTIFY_SMTP_FROM";
 /// How often digest emails are assembled. Default `24h`.
@@ -82,6 +85,7 @@ pub struct SmtpConfig {
     pub username: Option<String>,
     pub password: Option<SecretString>,
     pub tls: SmtpTls,
+    pub ca_file: Option<PathBuf>,
     pub from: String,
 }
 
@@ -93,6 +97,7 @@ impl fmt::Debug for SmtpConfig {
             .field("username", &self.username)
             .field("password", &self.password.as_ref().map(|_| "REDACTED"))
             .field("tls", &self.tls)
+            .field("ca_file", &self.ca_file)
             .field("from", &self.from)
             .finish()
     }
@@ -200,6 +205,7 @@ impl NotifyConfig {
                         ));
                     }
                 },
+                ca_file: r.optional_string(SMTP_CA_FILE).map(PathBuf::from),
                 from: {
                     let from = r.string(SMTP_FROM, "dealmesh <notify@localhost>");
                     if from.parse::<lettre::message::Mailbox>().is_err() {

@@ -26,22 +26,64 @@ fn python() -> PathBuf {
 struct Smtp {
     port: u16,
     dir: tempfile::TempDir,
+    /// With STARTTLS: the certificate clients must trust.
+    cert: Option<PathBuf>,
     _child: Child,
 }
 
 impl Smtp {
     async fn start() -> Self {
+        Self::start_with(false).await
+    }
+
+    /// A server that offers STARTTLS with a fresh self-signed certificate
+    /// for 127.0.0.1.
+    async fn start_tls() -> Self {
+        Self::start_with(true).await
+    }
+
+    async fn start_with(tls: bool) -> Self {
         let port = {
             let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             l.local_addr().unwrap().port()
         };
         let dir = tempfile::tempdir().unwrap();
+        let mail = dir.path().join("mail");
+        std::fs::create_dir(&mail).unwrap();
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/smtp_capture.py");
-        let mut child = Command::new(python())
+        let mut command = Command::new(python());
+        command
             .arg(script)
             .arg("127.0.0.1")
             .arg(port.to_string())
-            .arg(dir.path())
+            .arg(&mail);
+        let cert = if tls {
+            let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+            let made = Command::new("openssl")
+                .args([
+                    "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                ])
+                .args([
+                    "-subj",
+                    "/CN=127.0.0.1",
+                    "-addext",
+                    "subjectAltName=IP:127.0.0.1",
+                ])
+                .arg("-keyout")
+                .arg(&key)
+                .arg("-out")
+                .arg(&cert)
+                .stderr(Stdio::null())
+                .status()
+                .await
+                .expect("openssl makes a test certificate");
+            assert!(made.success());
+            command.arg(&cert).arg(&key);
+            Some(cert)
+        } else {
+            None
+        };
+        let mut child = command
             .stdout(Stdio::piped())
             .kill_on_drop(true)
             .spawn()
@@ -52,13 +94,14 @@ impl Smtp {
         Self {
             port,
             dir,
+            cert,
             _child: child,
         }
     }
 
     /// Messages received so far, in order, as raw RFC 5322 text.
     fn messages(&self) -> Vec<String> {
-        let mut names: Vec<PathBuf> = std::fs::read_dir(self.dir.path())
+        let mut names: Vec<PathBuf> = std::fs::read_dir(self.dir.path().join("mail"))
             .unwrap()
             .filter_map(|e| e.ok().map(|e| e.path()))
             .filter(|p| p.extension().is_some_and(|x| x == "eml"))
@@ -68,6 +111,16 @@ impl Smtp {
             .into_iter()
             .map(|p| std::fs::read_to_string(p).unwrap())
             .collect()
+    }
+
+    /// The envelope of message `n` (0-based), with whether it came over TLS.
+    fn envelope(&self, n: usize) -> serde_json::Value {
+        let path = self
+            .dir
+            .path()
+            .join("mail")
+            .join(format!("{:04}.json", n + 1));
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
     }
 
     async fn wait_for(&self, n: usize) -> Vec<String> {
@@ -244,5 +297,34 @@ async fn a_digest_subscriber_gets_one_email_with_everything_since_the_last() {
             .iter()
             .all(|d| d.0 == "digested")
     );
+    notify.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn starttls_is_used_when_the_server_offers_it() {
+    let smtp = Smtp::start_tls().await;
+    let port = smtp.port.to_string();
+    let ca = smtp.cert.clone().unwrap().display().to_string();
+    let notify = TestNotify::start_with(&[
+        ("DEALMESH_NOTIFY_SMTP_HOST", "127.0.0.1"),
+        ("DEALMESH_NOTIFY_SMTP_PORT", &port),
+        ("DEALMESH_NOTIFY_SMTP_CA_FILE", &ca),
+    ])
+    .await;
+    let mut subscription = email_subscription("dave@fund.test", &[T::DealSourced], false);
+    subscription.filter = None;
+    subscribe(&notify, subscription, "dave", Role::Partner).await;
+    notify.publish(&sourced(&new_deal_id(), "Tlsco")).await;
+    let messages = smtp.wait_for(1).await;
+    assert_eq!(
+        header(&messages[0], "Subject"),
+        Some("[dealmesh] Tlsco was sourced from scout")
+    );
+    let envelope = smtp.envelope(0);
+    assert_eq!(
+        envelope["tls"], true,
+        "the message came over STARTTLS: {envelope}"
+    );
+    assert_eq!(envelope["rcpt_tos"], serde_json::json!(["dave@fund.test"]));
     notify.stop().await;
 }

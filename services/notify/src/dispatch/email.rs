@@ -7,7 +7,7 @@ use std::time::Duration;
 use lettre::message::Mailbox;
 use lettre::message::header::ContentType;
 use lettre::transport::smtp::authentication::Credentials;
-use lettre::transport::smtp::client::{Tls, TlsParameters};
+use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use secrecy::ExposeSecret;
 
@@ -22,7 +22,18 @@ pub struct EmailSender {
 
 impl EmailSender {
     pub fn new(config: &SmtpConfig, timeout: Duration) -> anyhow::Result<Self> {
-        let parameters = TlsParameters::new(config.host.clone())?;
+        let mut parameters = TlsParameters::builder(config.host.clone());
+        if let Some(path) = &config.ca_file {
+            let pem = std::fs::read(path).map_err(|e| {
+                anyhow::anyhow!(
+                    "{}: cannot read {}: {e}",
+                    crate::config::SMTP_CA_FILE,
+                    path.display()
+                )
+            })?;
+            parameters = parameters.add_root_certificate(Certificate::from_pem(&pem)?);
+        }
+        let parameters = parameters.build()?;
         let tls = match config.tls {
             SmtpTls::Opportunistic => Tls::Opportunistic(parameters),
             SmtpTls::Required => Tls::Required(parameters),
