@@ -24,6 +24,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod chain;
 pub mod export;
 pub mod history;
 pub mod range;
@@ -33,6 +34,9 @@ pub mod samples;
 
 use std::path::PathBuf;
 
+pub use chain::{
+    ChainCheckpoint, ChainMismatch, ChainVerification, ChainVerifier, HashChain, verify_chain,
+};
 pub use export::{ExportSummary, Format, SkippedRecord, export};
 pub use history::{HistoryEntry, history, render_history};
 pub use range::TimeRange;
@@ -50,8 +54,12 @@ pub enum Error {
     BadFormat(String),
     #[error("a deal id is required")]
     EmptyDealId,
+    #[error("bad checkpoint: {0}")]
+    BadCheckpoint(String),
     #[error("topic {0} does not exist")]
     TopicNotFound(String),
+    #[error("topic {topic} has no partition {partition}")]
+    UnknownPartition { topic: String, partition: i32 },
     #[error("deal {deal_id} has no events in topic {topic}")]
     UnknownDeal { deal_id: String, topic: String },
     #[error("{} already exists; pass --force to replace it", .0.display())]

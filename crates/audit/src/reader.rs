@@ -90,9 +90,31 @@ pub fn scan(
             debug!(partition, "no record from the start time on");
             continue;
         };
-        stats.records += read_partition(&consumer, topic, partition, offset, &mut visit)?;
+        stats.records += read_partition(&consumer, topic, partition, offset, &mut |record| {
+            visit(record).map(|()| true)
+        })?;
     }
     Ok(stats)
+}
+
+/// Reads one partition of `topic` from `start` to its end, calling `visit`
+/// for each record in offset order until it returns `false`. Blocking.
+#[instrument(skip_all, fields(topic, partition), err)]
+pub fn scan_partition(
+    settings: &KafkaSettings,
+    topic: &str,
+    partition: i32,
+    start: Offset,
+    mut visit: impl FnMut(LogRecord) -> Result<bool>,
+) -> Result<u64> {
+    let consumer = reader(settings)?;
+    if !partition_ids(&consumer, topic)?.contains(&partition) {
+        return Err(Error::UnknownPartition {
+            topic: topic.to_owned(),
+            partition,
+        });
+    }
+    read_partition(&consumer, topic, partition, start, &mut visit)
 }
 
 fn read_partition(
@@ -100,7 +122,7 @@ fn read_partition(
     topic: &str,
     partition: i32,
     offset: Offset,
-    visit: &mut impl FnMut(LogRecord) -> Result<()>,
+    visit: &mut impl FnMut(LogRecord) -> Result<bool>,
 ) -> Result<u64> {
     let mut assignment = TopicPartitionList::new();
     assignment.add_partition_offset(topic, partition, offset)?;
@@ -127,7 +149,7 @@ fn read_partition(
                     continue;
                 }
                 read += 1;
-                visit(LogRecord {
+                let more = visit(LogRecord {
                     partition,
                     offset: message.offset(),
                     timestamp_ms: message.timestamp().to_millis(),
@@ -143,6 +165,9 @@ fn read_partition(
                         })
                         .unwrap_or_default(),
                 })?;
+                if !more {
+                    break;
+                }
             }
         }
     }

@@ -7,7 +7,7 @@ use std::path::Path;
 
 use chrono::{DateTime, Utc};
 use dealmesh_audit::samples::{SampleCompany, story};
-use dealmesh_audit::{Error, Format, TimeRange};
+use dealmesh_audit::{ChainCheckpoint, Error, Format, HashChain, TimeRange};
 use dealmesh_eventlog::{Delivery, EventProducer, KafkaSettings, Topics, envelope, headers};
 use dealmesh_proto::DealEvent;
 use prost::Message;
@@ -549,5 +549,152 @@ print(json.dumps({
         read["unknown"]["raw_base64"]
             .as_str()
             .is_some_and(|s| !s.is_empty())
+    );
+}
+
+#[tokio::test]
+async fn the_hash_chain_of_the_log_matches_checkpoints_taken_while_applying_it() {
+    let log = publish_log().await;
+    let bootstrap = log.settings.bootstrap_servers.clone();
+    let records = dealmesh_testkit::read_topic(&bootstrap, &log.topic).await;
+    assert_eq!(records.len(), 44);
+
+    // What a projector would keep: a checkpoint after every other record.
+    let mut chains: BTreeMap<i32, HashChain> = BTreeMap::new();
+    let mut checkpoints: BTreeMap<i32, Vec<ChainCheckpoint>> = BTreeMap::new();
+    for (i, record) in records.iter().enumerate() {
+        let chain = chains
+            .entry(record.partition)
+            .or_insert_with(|| HashChain::new(record.partition));
+        chain.push(
+            record.offset,
+            record.key.as_deref(),
+            record.value.as_deref(),
+        );
+        if i % 2 == 1 {
+            checkpoints
+                .entry(record.partition)
+                .or_default()
+                .push(chain.checkpoint().unwrap());
+        }
+    }
+
+    for (&partition, chain) in &chains {
+        let expected = &checkpoints[&partition];
+        let result =
+            dealmesh_audit::verify_chain(&log.settings, &log.topic, partition, None, expected)
+                .await
+                .unwrap();
+        assert_eq!(result.first_mismatch, None, "partition {partition}");
+        assert_eq!(result.matched as usize, expected.len());
+        assert_eq!(result.head, chain.checkpoint());
+    }
+
+    // A checkpoint that disagrees with the log (as if the record had been
+    // altered after it was applied) is reported, with the last good one.
+    let (&partition, expected) = checkpoints.iter().find(|(_, c)| c.len() >= 3).unwrap();
+    let mut tampered = expected.clone();
+    tampered[2].hash = "00".repeat(32);
+    let result =
+        dealmesh_audit::verify_chain(&log.settings, &log.topic, partition, None, &tampered)
+            .await
+            .unwrap();
+    let mismatch = result.first_mismatch.unwrap();
+    assert_eq!(mismatch.offset, expected[2].offset);
+    assert_eq!(mismatch.last_good_offset, Some(expected[1].offset));
+    assert_eq!(result.matched, 2);
+
+    // Resuming from a trusted checkpoint reads only what follows it.
+    let result = dealmesh_audit::verify_chain(
+        &log.settings,
+        &log.topic,
+        partition,
+        Some(&expected[1]),
+        expected,
+    )
+    .await
+    .unwrap();
+    assert_eq!(result.first_mismatch, None);
+    assert_eq!(result.matched as usize, expected.len() - 2);
+    let after = records
+        .iter()
+        .filter(|r| r.partition == partition && r.offset > expected[1].offset)
+        .count();
+    assert_eq!(result.records as usize, after);
+
+    let err = dealmesh_audit::verify_chain(&log.settings, &log.topic, 7, None, &[])
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        format!("topic {} has no partition 7", log.topic)
+    );
+}
+
+#[tokio::test]
+async fn a_long_period_is_written_in_row_groups() {
+    let bootstrap = dealmesh_testkit::kafka_bootstrap().await;
+    let prefix = dealmesh_testkit::unique_topic_prefix();
+    let topics = Topics::new(&prefix);
+    dealmesh_testkit::create_topic(&bootstrap, &topics.deals, 2).await;
+    let settings = KafkaSettings::new(bootstrap, prefix);
+    let producer = EventProducer::new(&settings, topics.clone(), SOURCE).unwrap();
+    let template = story(&SampleCompany::quillstack(), time("2026-01-01T00:00:00Z")).swap_remove(5);
+    let mut sends = Vec::new();
+    for i in 0..2_500_i64 {
+        let mut event = template.clone();
+        event.deal_id = format!("deal-{}", i % 40);
+        event.event_id = format!("019a0000-0000-7000-8000-{i:012}");
+        event.occurred_at = Some(envelope::timestamp(
+            time("2026-01-01T00:00:00Z") + chrono::TimeDelta::minutes(i),
+        ));
+        let producer = producer.clone();
+        sends.push(tokio::spawn(async move {
+            producer.publish(&event).await.unwrap()
+        }));
+    }
+    for send in sends {
+        send.await.unwrap();
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("year.parquet");
+
+    let summary = dealmesh_audit::export(
+        &settings,
+        &topics.deals,
+        TimeRange::all(),
+        Format::Parquet,
+        &out,
+        false,
+    )
+    .await
+    .unwrap();
+    assert_eq!(summary.rows, 2_500);
+
+    let python = std::env::var("DEALMESH_TEST_PYTHON").unwrap_or_else(|_| {
+        format!(
+            "{}/.cache/dealmesh/venv/bin/python",
+            std::env::var("HOME").unwrap()
+        )
+    });
+    let script = "import sys, pyarrow.parquet as pq\n\
+                  f = pq.ParquetFile(sys.argv[1])\n\
+                  ids = f.read(columns=['event_id']).column(0).to_pylist()\n\
+                  print(f.metadata.num_rows, f.metadata.num_row_groups, len(set(ids)))";
+    let output = std::process::Command::new(&python)
+        .args(["-c", script])
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    // Each partition's records are in one run; row groups are cut every
+    // 1,000 rows whatever the partition.
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout).trim(),
+        "2500 3 2500"
     );
 }
