@@ -174,6 +174,49 @@ pub fn retry_after(headers: &reqwest::header::HeaderMap, now: DateTime<Utc>) -> 
     )
 }
 
+/// Largest provider response body read; a bigger one is refused as
+/// malformed rather than held in memory. A full GitHub page of 100
+/// repositories is well under 1 MiB.
+pub const MAX_RESPONSE_BYTES: usize = 16 * 1024 * 1024;
+/// Largest error body read, for its message.
+const MAX_ERROR_BYTES: usize = 64 * 1024;
+
+/// Reads a response body of at most `limit` bytes.
+pub(crate) async fn read_body(
+    mut response: reqwest::Response,
+    limit: usize,
+) -> std::result::Result<Vec<u8>, String> {
+    let too_big = || format!("body over the {limit}-byte limit");
+    if response
+        .content_length()
+        .is_some_and(|length| length > limit as u64)
+    {
+        return Err(too_big());
+    }
+    let mut body = Vec::new();
+    loop {
+        match response.chunk().await {
+            Ok(Some(chunk)) => {
+                if body.len() + chunk.len() > limit {
+                    return Err(too_big());
+                }
+                body.extend_from_slice(&chunk);
+            }
+            Ok(None) => return Ok(body),
+            Err(error) if error.is_timeout() => return Err("timed out reading the body".into()),
+            Err(error) => return Err(format!("reading the body: {error}")),
+        }
+    }
+}
+
+/// The text of an error response, bounded; empty if it cannot be read.
+pub(crate) async fn error_text(response: reqwest::Response) -> String {
+    read_body(response, MAX_ERROR_BYTES)
+        .await
+        .map(|body| String::from_utf8_lossy(&body).into_owned())
+        .unwrap_or_default()
+}
+
 /// What one search's run did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SearchRun {
@@ -451,6 +494,15 @@ mod tests {
         assert_eq!(retry_after(&headers, Utc::now()), Some(MAX_PROVIDER_WAIT));
         headers.insert("retry-after", "soon".parse().unwrap());
         assert_eq!(retry_after(&headers, Utc::now()), None);
+    }
+
+    #[tokio::test]
+    async fn a_body_over_the_limit_is_refused() {
+        let response =
+            |size: usize| reqwest::Response::from(axum::http::Response::new(vec![b'x'; size]));
+        assert_eq!(read_body(response(10), 10).await.unwrap().len(), 10);
+        let refused = read_body(response(11), 10).await.unwrap_err();
+        assert_eq!(refused, "body over the 10-byte limit");
     }
 
     #[test]

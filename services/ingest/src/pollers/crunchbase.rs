@@ -400,7 +400,7 @@ impl CrunchbasePoller {
                             wait
                         }
                         400 | 422 => {
-                            let text = response.text().await.unwrap_or_default();
+                            let text = super::error_text(response).await;
                             return Err(Error::InvalidSearch {
                                 provider: PROVIDER,
                                 status,
@@ -417,7 +417,7 @@ impl CrunchbasePoller {
                             super::backoff(attempt)
                         }
                         _ => {
-                            let text = response.text().await.unwrap_or_default();
+                            let text = super::error_text(response).await;
                             return Err(Error::Status {
                                 provider: PROVIDER,
                                 url: url.to_string(),
@@ -445,10 +445,9 @@ impl CrunchbasePoller {
             url: url.to_string(),
             message,
         };
-        let body = response
-            .bytes()
+        let body = super::read_body(response, super::MAX_RESPONSE_BYTES)
             .await
-            .map_err(|e| malformed(format!("body: {e}")))?;
+            .map_err(malformed)?;
         let page: SearchPage = serde_json::from_slice(&body)
             .map_err(|e| malformed(format!("not an organization search result: {e}")))?;
         Ok(page.entities)

@@ -353,7 +353,7 @@ impl GithubPoller {
                         200 => return self.page(url, &headers, response).await,
                         304 => return Ok(Fetched::NotModified),
                         403 | 429 => {
-                            let body = response.text().await.unwrap_or_default();
+                            let body = super::error_text(response).await;
                             last = format!("HTTP {status}: {}", github_message(&body));
                             if let Some(wait) = super::retry_after(&headers, self.clock.now()) {
                                 tracing::warn!(
@@ -378,7 +378,7 @@ impl GithubPoller {
                             }
                         }
                         422 => {
-                            let body = response.text().await.unwrap_or_default();
+                            let body = super::error_text(response).await;
                             return Err(Error::InvalidSearch {
                                 provider: PROVIDER,
                                 status,
@@ -396,7 +396,7 @@ impl GithubPoller {
                             super::backoff(attempt)
                         }
                         _ => {
-                            let body = response.text().await.unwrap_or_default();
+                            let body = super::error_text(response).await;
                             return Err(Error::Status {
                                 provider: PROVIDER,
                                 url: url.to_string(),
@@ -429,10 +429,9 @@ impl GithubPoller {
             url: url.to_string(),
             message,
         };
-        let body = response
-            .bytes()
+        let body = super::read_body(response, super::MAX_RESPONSE_BYTES)
             .await
-            .map_err(|e| malformed(format!("body: {}", transport_message(&e))))?;
+            .map_err(malformed)?;
         let page: SearchPage = serde_json::from_slice(&body)
             .map_err(|e| malformed(format!("not a repository search result: {e}")))?;
         let next = match next_link(headers) {

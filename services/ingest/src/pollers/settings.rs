@@ -91,7 +91,13 @@ impl GithubSettings {
                 format!("is required when {GITHUB_ENABLED} is true"),
             ));
         }
-        for query in &searches {
+        for (index, query) in searches.iter().enumerate() {
+            if searches[..index].contains(query) {
+                return Err(ConfigError::new(
+                    GITHUB_SEARCHES,
+                    format!("query {query:?} is listed twice"),
+                ));
+            }
             // GitHub's own limit on the `q` parameter.
             if query.chars().count() > 256 {
                 return Err(ConfigError::new(
@@ -307,6 +313,17 @@ mod tests {
         .unwrap();
         assert_eq!(s.searches, ["topic:llm stars:>500", "language:rust"]);
         assert_eq!(s.api_url.as_str(), "https://api.github.com/");
+    }
+
+    #[test]
+    fn a_query_listed_twice_is_refused() {
+        let e = read(
+            &[(GITHUB_SEARCHES, "topic:llm;topic:rust; topic:llm ")],
+            GithubSettings::from_reader,
+        )
+        .unwrap_err();
+        assert_eq!(e.key, GITHUB_SEARCHES);
+        assert!(e.to_string().contains("listed twice"), "{e}");
     }
 
     #[test]

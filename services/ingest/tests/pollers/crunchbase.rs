@@ -399,3 +399,34 @@ async fn server_errors_past_the_attempt_limit_keep_the_cursor_for_the_next_run()
     assert_eq!(h.sourced().await.len(), 3);
     server.verify().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_timeout_is_retried_and_then_reported() {
+    let h = Harness::start().await;
+    let server = MockServer::start().await;
+    first_page()
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(results(vec![]))
+                .set_delay(Duration::from_secs(10)),
+        )
+        .expect(2)
+        .mount(&server)
+        .await;
+    let poller = h.crunchbase(
+        &server.uri(),
+        &[
+            ("DEALMESH_INGEST_POLLER_HTTP_TIMEOUT", "200ms"),
+            ("DEALMESH_INGEST_POLLER_MAX_ATTEMPTS", "2"),
+        ],
+    );
+    let report = only(poller.poll(&CancellationToken::new()).await);
+    match &report.outcome {
+        Err(Error::GaveUp {
+            attempts: 2, last, ..
+        }) => assert_eq!(last, "timed out"),
+        other => panic!("expected a timeout, got {other:?}"),
+    }
+    let error = h.state_of(POLLER, SEARCH).await.last_error.unwrap();
+    assert!(error.contains("timed out"), "{error}");
+}

@@ -589,3 +589,34 @@ async fn a_search_another_replica_is_polling_is_skipped() {
     assert!(h.state.try_claim(POLLER, QUERY).await.unwrap().is_some());
     server.verify().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_next_link_to_another_host_is_refused_and_gets_no_token() {
+    let h = Harness::start().await;
+    let server = MockServer::start().await;
+    let elsewhere = MockServer::start().await;
+    first_page()
+        .respond_with(ok(page(vec![repo(95, "nu", "n", None)])).insert_header(
+            "Link",
+            format!(
+                "<{}/search/repositories?page=2>; rel=\"next\"",
+                elsewhere.uri()
+            ),
+        ))
+        .mount(&server)
+        .await;
+    let report = only(
+        h.github(&server.uri(), &[])
+            .poll(&CancellationToken::new())
+            .await,
+    );
+    match &report.outcome {
+        Err(Error::Malformed { message, .. }) => assert!(message.contains("leaves"), "{message}"),
+        other => panic!("expected a refused link, got {other:?}"),
+    }
+    assert!(elsewhere.received_requests().await.unwrap().is_empty());
+    assert!(
+        h.sourced().await.is_empty(),
+        "a page with a bad link is not half-applied"
+    );
+}

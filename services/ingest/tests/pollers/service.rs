@@ -179,7 +179,10 @@ async fn serve_runs_an_enabled_poller_and_stops_it_on_shutdown() {
         r#"ingest_poller_deals_total{provider="github",outcome="emitted"} 1"#,
         r#"ingest_poller_runs_total{provider="github",result="ok"} 1"#,
     ] {
-        assert!(metrics.lines().any(|l| l == line), "{line} missing from:\n{metrics}");
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "{line} missing from:\n{metrics}"
+        );
     }
 
     // Waiting out its hour does not hold up the shutdown.
