@@ -154,7 +154,8 @@ impl App {
             self.config.dispatch.clone(),
             email,
             wake.clone(),
-        )?;
+        )?
+        .with_metrics(&mut self.registry);
 
         let (health_reporter, health_service) =
             dealmesh_runtime::grpc::health(&[GRPC_SERVICE]).await;

@@ -22,6 +22,11 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
 use sqlx::PgPool;
 use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
@@ -88,6 +93,34 @@ pub fn next_delay(
     })
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    channel: String,
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ChannelLabels {
+    channel: String,
+}
+
+#[derive(Clone)]
+struct DispatchMetrics {
+    attempts: Family<OutcomeLabels, Counter>,
+    send_seconds: Family<ChannelLabels, Histogram, fn() -> Histogram>,
+}
+
+impl Default for DispatchMetrics {
+    fn default() -> Self {
+        Self {
+            attempts: Family::default(),
+            send_seconds: Family::new_with_constructor(
+                dealmesh_runtime::metrics::latency_histogram,
+            ),
+        }
+    }
+}
+
 /// A channel and a recipient on it: the unit of isolation.
 type Endpoint = (String, String);
 
@@ -100,6 +133,7 @@ pub struct Dispatcher {
     wake: Arc<Notify>,
     endpoints: Arc<Mutex<HashMap<Endpoint, Arc<Semaphore>>>>,
     in_flight: Arc<Mutex<HashSet<Uuid>>>,
+    metrics: DispatchMetrics,
 }
 
 impl Dispatcher {
@@ -117,7 +151,22 @@ impl Dispatcher {
             wake,
             endpoints: Arc::default(),
             in_flight: Arc::default(),
+            metrics: DispatchMetrics::default(),
         })
+    }
+
+    pub fn with_metrics(self, registry: &mut Registry) -> Self {
+        registry.register(
+            "dealmesh_notify_delivery_attempts",
+            "Delivery attempts, by channel and outcome (delivered, retry, dead)",
+            self.metrics.attempts.clone(),
+        );
+        registry.register(
+            "dealmesh_notify_send_seconds",
+            "Time one send took, by channel",
+            self.metrics.send_seconds.clone(),
+        );
+        self
     }
 
     /// Sends due deliveries until `shutdown`, then waits for the sends in
@@ -224,7 +273,27 @@ impl Dispatcher {
                 error: format!("unknown channel {other}"),
             },
         };
-        if let Err(error) = self.record(&claimed, &outcome, started.elapsed()).await {
+        let took = started.elapsed();
+        self.metrics
+            .send_seconds
+            .get_or_create(&ChannelLabels {
+                channel: claimed.channel.clone(),
+            })
+            .observe(took.as_secs_f64());
+        let attempt = u32::try_from(claimed.attempts).unwrap_or(1);
+        let label = match &outcome {
+            Outcome::Delivered { .. } => "delivered",
+            Outcome::Retry { .. } if attempt < self.config.max_attempts => "retry",
+            _ => "dead",
+        };
+        self.metrics
+            .attempts
+            .get_or_create(&OutcomeLabels {
+                channel: claimed.channel.clone(),
+                outcome: label,
+            })
+            .inc();
+        if let Err(error) = self.record(&claimed, &outcome, took).await {
             // The lease runs out and the delivery is sent again, with the
             // same id: receivers deduplicate.
             tracing::warn!(%error, delivery_id = %id, "recording a delivery outcome failed");

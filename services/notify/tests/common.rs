@@ -29,6 +29,7 @@ pub const JWT_SECRET: &str = "notify-test-jwt-secret-0123456789abcdef";
 
 pub struct TestNotify {
     pub grpc_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
     pub bootstrap: String,
     pub prefix: String,
     pub topics: Topics,
@@ -78,7 +79,7 @@ impl TestNotify {
         let source = MapSource::new(env.clone());
         let config = NotifyConfig::from_source(&source).expect("test config is valid");
         let app = App::build(config).await.expect("notify starts");
-        let grpc_addr = app.grpc_addr;
+        let (grpc_addr, admin_addr) = (app.grpc_addr, app.admin_addr);
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(app.run(shutdown.clone()));
         let topics = Topics::new(&prefix);
@@ -86,6 +87,7 @@ impl TestNotify {
         let producer = EventProducer::new(&kafka, topics.clone(), "/test").expect("producer");
         Self {
             grpc_addr,
+            admin_addr,
             bootstrap,
             prefix,
             topics,
@@ -137,6 +139,16 @@ impl TestNotify {
             }
         })
         .await;
+    }
+
+    /// The admin server's `/metrics` text.
+    pub async fn metrics(&self) -> String {
+        reqwest::get(format!("http://{}/metrics", self.admin_addr))
+            .await
+            .expect("metrics answer")
+            .text()
+            .await
+            .expect("metrics text")
     }
 
     /// Stops without waiting for sends in flight (a hung endpoint would hold

@@ -215,6 +215,13 @@ async fn a_delivery_that_keeps_failing_is_dead_with_its_last_error() {
     assert_eq!(attempts, 1);
     assert!(error.unwrap().contains("410"));
     assert_eq!(gone.count(), 1);
+    let metrics = notify.metrics().await;
+    for line in [
+        r#"dealmesh_notify_delivery_attempts_total{channel="webhook",outcome="retry"} 2"#,
+        r#"dealmesh_notify_delivery_attempts_total{channel="webhook",outcome="dead"} 2"#,
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "{line} in:\n{metrics}");
+    }
     notify.stop().await;
 }
 

@@ -136,16 +136,21 @@ pub fn parse(
                 .map(|url| (url, entry.webhook_secret.unwrap_or_default(), format)),
             email: entry.email.map(|address| (address, entry.digest)),
         };
-        let file_draft_has_secret = draft.webhook.as_ref().is_none_or(|(_, s, _)| !s.is_empty());
-        if !file_draft_has_secret {
+        let mut draft = draft;
+        let missing_secret = draft.webhook.as_ref().is_some_and(|(_, s, _)| s.is_empty());
+        if missing_secret {
             // A generated secret would change on every start and nobody
             // could read it: configured webhooks name theirs.
             errors.push(format!(
                 "{at}: webhook_secret: is required for a configured webhook"
             ));
-            continue;
+            if let Some((_, secret, _)) = draft.webhook.as_mut() {
+                // Only so the other fields still get checked and reported.
+                *secret = "placeholder-secret-never-stored".into();
+            }
         }
         match draft.validate("", &principal, email_enabled, Origin::Config) {
+            Ok(_) if missing_secret => {}
             Ok(mut subscription) => {
                 subscription.id = Uuid::new_v5(&CONFIG_NAMESPACE, entry.name.as_bytes());
                 subscriptions.push(subscription);
@@ -263,6 +268,18 @@ webhook_secret = "0123456789abcdef"
                 .any(|e| e.starts_with("subs.toml: subscription[0] (bad): webhook_url: scheme")),
             "{errors:?}"
         );
+        let text = r#"
+[[subscription]]
+name = "no-secret"
+subscriber = "alice"
+role = "partner"
+triggers = ["deal_scored"]
+webhook_url = "ftp://x"
+"#;
+        let errors = parse(text, "subs.toml", true).unwrap_err();
+        assert_eq!(errors.len(), 2, "{errors:?}");
+        assert!(errors[0].ends_with("webhook_secret: is required for a configured webhook"));
+        assert!(errors[1].contains("webhook_url: scheme"));
         let errors = parse("[[subscription]]\nname = 1\n", "subs.toml", true).unwrap_err();
         assert!(errors[0].starts_with("subs.toml: "), "{errors:?}");
     }
