@@ -194,3 +194,22 @@ async fn serve_runs_an_enabled_poller_and_stops_it_on_shutdown() {
         .unwrap();
     assert_eq!(server.received_requests().await.unwrap().len(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn serve_refuses_an_enabled_poller_without_searches() {
+    let output = Command::new(env!("CARGO_BIN_EXE_dealmesh-ingest"))
+        .arg("serve")
+        .env_clear()
+        .env("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/unused")
+        .env("DEALMESH_INGEST_GITHUB_ENABLED", "true")
+        .env("DEALMESH_LOG", "warn")
+        .output()
+        .expect("the binary runs");
+    assert_eq!(output.status.code(), Some(64));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("DEALMESH_INGEST_GITHUB_SEARCHES")
+            && stderr.contains("required when DEALMESH_INGEST_GITHUB_ENABLED is true"),
+        "{stderr}"
+    );
+}
