@@ -198,11 +198,10 @@ impl Projector {
         summary: &str,
     ) {
         let occurred_at = event::occurred_at(event);
-        let notification_id = caused_event_id(
-            occurred_at,
-            &event.event_id,
-            &format!("notify:{}", subscription.id),
-        );
+        // One notification per event: a recipient that several of its
+        // subscriptions match on one channel still hears it once (the
+        // delivery key is notification, recipient, channel).
+        let notification_id = caused_event_id(occurred_at, &event.event_id, "notify");
         let notification = notification_id.to_string();
         let id = derived_event_id(
             occurred_at,
@@ -252,6 +251,11 @@ impl Projector {
         } else {
             ("pending", None)
         };
+        if batch.ids.contains(&id) {
+            // An older subscription already reaches this recipient on this
+            // channel: the id is derived from exactly that key.
+            return;
+        }
         if let Some(error) = &last_error {
             tracing::warn!(delivery_id = %id, subscription_id = %subscription.id, error, "delivery refused");
         }

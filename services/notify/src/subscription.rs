@@ -470,13 +470,14 @@ pub async fn list(pool: &PgPool, subscriber: Option<&str>) -> Result<Vec<Stored>
     Ok(rows)
 }
 
-/// Live subscriptions listening for `trigger`.
+/// Live subscriptions listening for `trigger`, oldest first.
 pub async fn listening<'e>(
     executor: impl sqlx::PgExecutor<'e>,
     trigger: NotificationTrigger,
 ) -> Result<Vec<Stored>, sqlx::Error> {
     sqlx::query_as::<_, Stored>(sqlx::AssertSqlSafe(format!(
-        "SELECT {STORED_COLUMNS} FROM subscriptions WHERE deleted_at IS NULL AND $1 = ANY(triggers)"
+        "SELECT {STORED_COLUMNS} FROM subscriptions WHERE deleted_at IS NULL AND $1 = ANY(triggers) \
+         ORDER BY created_at, id"
     )))
     .bind(trigger as i32)
     .fetch_all(executor)

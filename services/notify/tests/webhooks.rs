@@ -259,3 +259,50 @@ async fn a_hanging_endpoint_does_not_delay_the_others() {
     );
     notify.abandon();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_matching_subscriptions_to_one_endpoint_deliver_once() {
+    let notify = TestNotify::start().await;
+    let receiver = Receiver::ok().await;
+    let (older, _) = subscribe(
+        &notify,
+        webhook_subscription(&receiver.url, &[T::DealScored]),
+        "alice",
+        Role::Partner,
+    )
+    .await;
+    let mut narrower = webhook_subscription(&receiver.url, &[T::DealScored]);
+    narrower.filter = Some(pb::NotificationFilter {
+        min_score: Some(50.0),
+        ..Default::default()
+    });
+    let (newer, _) = subscribe(&notify, narrower, "alice", Role::Partner).await;
+    let deal = new_deal_id();
+    let matches_both = scored(&deal, 90.0);
+    let sentinel = scored(&deal, 10.0); // only the older one
+    notify.publish(&matches_both).await;
+    notify.publish(&sentinel).await;
+    let got = receiver.wait_for_count(2).await;
+    let events: Vec<&str> = got
+        .iter()
+        .map(|r| r.json()["event_id"].as_str().unwrap().to_owned())
+        .map(|s| {
+            if s == matches_both.event_id {
+                "both"
+            } else {
+                "sentinel"
+            }
+        })
+        .collect();
+    assert_eq!(
+        events.iter().filter(|e| **e == "both").count(),
+        1,
+        "{events:?}"
+    );
+    assert_eq!(notify.deliveries(&older).await.len(), 2);
+    assert!(
+        notify.deliveries(&newer).await.is_empty(),
+        "the older subscription's delivery stands for both"
+    );
+    notify.stop().await;
+}
