@@ -12,7 +12,6 @@
 
 use std::collections::BTreeMap;
 use std::num::NonZeroU32;
-use std::time::Duration;
 
 use dealmesh_proto::v1::DealSubmission;
 use dealmesh_runtime::shutdown::CancellationToken;
@@ -284,6 +283,15 @@ impl CrunchbasePoller {
             self.metrics
                 .deals(PROVIDER, "skipped", totals.skipped + unreadable);
             after_id = match (full_page, last_uuid) {
+                // A provider repeating a page must not keep a poller busy
+                // until the page limit.
+                (true, Some(uuid)) if after_id.as_deref() == Some(uuid.as_str()) => {
+                    return Err(Error::Malformed {
+                        provider: PROVIDER,
+                        url: url.to_string(),
+                        message: format!("the page after {uuid} ends with {uuid} again"),
+                    });
+                }
                 (true, Some(uuid)) => Some(uuid),
                 (true, None) => {
                     return Err(Error::Malformed {
@@ -429,7 +437,7 @@ impl CrunchbasePoller {
                 }
             };
             if attempt < self.max_attempts {
-                pause(self.clock.as_ref(), retry_in.max(Duration::ZERO), cancel).await?;
+                pause(self.clock.as_ref(), retry_in, cancel).await?;
             }
         }
         Err(Error::GaveUp {

@@ -78,8 +78,6 @@ pub struct GithubPoller {
 /// repository cannot fail the page.
 #[derive(Debug, Deserialize)]
 struct SearchPage {
-    #[allow(dead_code)]
-    total_count: u64,
     items: Vec<serde_json::Value>,
 }
 
@@ -280,6 +278,13 @@ impl GithubPoller {
                 .await?;
             first = false;
             match next {
+                Some(next) if next == url => {
+                    return Err(Error::Malformed {
+                        provider: PROVIDER,
+                        url: url.to_string(),
+                        message: "Link rel=\"next\" points at the same page".into(),
+                    });
+                }
                 Some(next) => url = next,
                 None => break,
             }

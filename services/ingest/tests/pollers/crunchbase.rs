@@ -430,3 +430,32 @@ async fn a_timeout_is_retried_and_then_reported() {
     let error = h.state_of(POLLER, SEARCH).await.last_error.unwrap();
     assert!(error.contains("timed out"), "{error}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_page_that_does_not_advance_is_an_error_not_a_loop() {
+    let h = Harness::start().await;
+    let server = MockServer::start().await;
+    // Whatever after_id is sent, the same full page comes back.
+    search()
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(fixture("crunchbase/search-organizations.json")),
+        )
+        .mount(&server)
+        .await;
+    let report = only(
+        h.crunchbase(&server.uri(), &[])
+            .poll(&CancellationToken::new())
+            .await,
+    );
+    match &report.outcome {
+        Err(Error::Malformed { message, .. }) => assert!(message.contains("again"), "{message}"),
+        other => panic!("expected a refused page, got {other:?}"),
+    }
+    assert_eq!(server.received_requests().await.unwrap().len(), 2);
+    assert_eq!(
+        h.sourced().await.len(),
+        2,
+        "the organizations are emitted once"
+    );
+}
