@@ -306,3 +306,42 @@ async fn two_matching_subscriptions_to_one_endpoint_deliver_once() {
     );
     notify.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_timed_out_request_is_retried() {
+    let notify = TestNotify::start_with(&[("DEALMESH_NOTIFY_WEBHOOK_TIMEOUT", "1s")]).await;
+    let receiver = Receiver::start(Arc::new(|n| {
+        if n == 0 {
+            Answer::Hang
+        } else {
+            Answer::Status(204)
+        }
+    }))
+    .await;
+    let (id, _) = subscribe(
+        &notify,
+        webhook_subscription(&receiver.url, &[T::DealSourced]),
+        "alice",
+        Role::Partner,
+    )
+    .await;
+    notify.publish(&sourced(&new_deal_id(), "Slowco")).await;
+    receiver.wait_for_count(2).await;
+    wait_for("delivered", || async {
+        notify
+            .deliveries(&id)
+            .await
+            .first()
+            .is_some_and(|d| d.0 == "delivered")
+    })
+    .await;
+    assert_eq!(notify.deliveries(&id).await[0].1, 2);
+    let first: (Option<i32>, Option<String>) =
+        sqlx::query_as("SELECT status, error FROM delivery_attempts WHERE attempt = 1")
+            .fetch_one(&notify.db.pool)
+            .await
+            .unwrap();
+    assert_eq!(first.0, None);
+    assert!(first.1.unwrap().starts_with("timed out"));
+    notify.stop().await;
+}
