@@ -25,6 +25,7 @@
 //! ```
 
 pub mod chain;
+pub mod cli;
 pub mod export;
 pub mod history;
 pub mod range;
@@ -52,6 +53,8 @@ pub enum Error {
     EmptyRange { from: String, to: String },
     #[error("unknown format {0:?}: expected jsonl, csv or parquet")]
     BadFormat(String),
+    #[error("cannot tell the format of {} from its name: give --format jsonl, csv or parquet", .0.display())]
+    UnknownExtension(PathBuf),
     #[error("a deal id is required")]
     EmptyDealId,
     #[error("bad checkpoint: {0}")]

@@ -220,7 +220,11 @@ fn reader(settings: &KafkaSettings) -> Result<BaseConsumer<ReaderContext>> {
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("enable.partition.eof", "true")
-        .set("allow.auto.create.topics", "false");
+        .set("allow.auto.create.topics", "false")
+        // The end of a partition is only seen on a fetch that finds nothing
+        // new, which the broker holds up to this long; partitions are read
+        // one after the other, so this is paid once per partition.
+        .set("fetch.wait.max.ms", "100");
     // Passthrough properties win, as everywhere else.
     for (key, value) in &settings.passthrough {
         config.set(key, value);
