@@ -40,6 +40,9 @@ pub const POLLER: &str = "github";
 /// The REST API version this client speaks.
 pub const API_VERSION: &str = "2022-11-28";
 const PROVIDER: &str = "github";
+/// The least GitHub wants a client to wait after a secondary rate limit
+/// that names no time.
+const SECONDARY_LIMIT_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
 const USER_AGENT: &str = concat!("dealmesh-ingest/", env!("CARGO_PKG_VERSION"));
 
 /// Homepages on these sites point at a profile or package, not at the
@@ -78,6 +81,8 @@ pub struct GithubPoller {
 /// repository cannot fail the page.
 #[derive(Debug, Deserialize)]
 struct SearchPage {
+    #[serde(default)]
+    incomplete_results: bool,
     items: Vec<serde_json::Value>,
 }
 
@@ -373,6 +378,11 @@ impl GithubPoller {
                                 std::time::Duration::ZERO
                             } else if status == 429 {
                                 super::backoff(attempt)
+                            } else if body.to_ascii_lowercase().contains("secondary rate limit") {
+                                // GitHub asks for at least a minute, then
+                                // growing waits, when it names no time.
+                                tracing::warn!(attempt, "github secondary rate limit");
+                                SECONDARY_LIMIT_WAIT.max(super::backoff(attempt))
                             } else {
                                 return Err(Error::Status {
                                     provider: PROVIDER,
@@ -439,6 +449,11 @@ impl GithubPoller {
             .map_err(malformed)?;
         let page: SearchPage = serde_json::from_slice(&body)
             .map_err(|e| malformed(format!("not a repository search result: {e}")))?;
+        if page.incomplete_results {
+            // GitHub's search timed out on its side: the page holds what it
+            // found; later runs see the rest.
+            tracing::warn!(url = %url, "github returned incomplete search results");
+        }
         let next = match next_link(headers) {
             None => None,
             Some(raw) => {

@@ -620,3 +620,58 @@ async fn a_next_link_to_another_host_is_refused_and_gets_no_token() {
         "a page with a bad link is not half-applied"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_secondary_rate_limit_without_retry_after_waits_a_minute() {
+    let h = Harness::start().await;
+    let server = MockServer::start().await;
+    first_page()
+        .respond_with(ResponseTemplate::new(403).set_body_json(json!({
+            "message": "You have exceeded a secondary rate limit and have been temporarily blocked from content creation. Please retry your request again later.",
+            "documentation_url": "https://docs.github.com/rest/overview/rate-limits-for-the-rest-api#about-secondary-rate-limits"
+        })))
+        .up_to_n_times(1)
+        .with_priority(1)
+        .mount(&server)
+        .await;
+    first_page()
+        .respond_with(ok(page(vec![repo(97, "xi", "x", None)])))
+        .mount(&server)
+        .await;
+    let result = run(only(
+        h.github(&server.uri(), &[])
+            .poll(&CancellationToken::new())
+            .await,
+    ));
+    assert_eq!(result.emitted, 1);
+    assert_eq!(h.clock.waits(), [Duration::from_secs(60)]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_forbidden_token_is_a_clear_error_without_retries() {
+    let h = Harness::start().await;
+    let server = MockServer::start().await;
+    first_page()
+        .respond_with(
+            ResponseTemplate::new(403)
+                .insert_header("X-RateLimit-Remaining", "4999")
+                .set_body_json(json!({
+                    "message": "Resource not accessible by personal access token",
+                    "documentation_url": "https://docs.github.com/rest/search/search#search-repositories"
+                })),
+        )
+        .expect(1)
+        .mount(&server)
+        .await;
+    let report = only(
+        h.github(&server.uri(), &[])
+            .poll(&CancellationToken::new())
+            .await,
+    );
+    assert!(
+        matches!(&report.outcome, Err(Error::Status { status: 403, message, .. }) if message.starts_with("Resource not accessible")),
+        "{report:?}"
+    );
+    assert!(h.clock.waits().is_empty());
+    server.verify().await;
+}
