@@ -99,6 +99,44 @@ impl TestNotify {
         }
     }
 
+    /// Stops the service and starts a new one on the same database, topics
+    /// and consumer group, as a restart would.
+    pub async fn restart(self) -> Self {
+        let TestNotify {
+            bootstrap,
+            prefix,
+            topics,
+            db,
+            env,
+            producer,
+            shutdown,
+            task,
+            ..
+        } = self;
+        shutdown.cancel();
+        task.await
+            .expect("run task joins")
+            .expect("run ends cleanly");
+        let config =
+            NotifyConfig::from_source(&MapSource::new(env.clone())).expect("test config is valid");
+        let app = App::build(config).await.expect("notify starts again");
+        let (grpc_addr, admin_addr) = (app.grpc_addr, app.admin_addr);
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(app.run(shutdown.clone()));
+        Self {
+            grpc_addr,
+            admin_addr,
+            bootstrap,
+            prefix,
+            topics,
+            db,
+            env,
+            producer,
+            shutdown,
+            task,
+        }
+    }
+
     pub async fn client(&self) -> NotifyServiceClient<Channel> {
         NotifyServiceClient::connect(format!("http://{}", self.grpc_addr))
             .await

@@ -345,3 +345,50 @@ async fn a_timed_out_request_is_retried() {
     assert!(first.1.unwrap().starts_with("timed out"));
     notify.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_restart_sends_nothing_twice() {
+    let notify = TestNotify::start().await;
+    let receiver = Receiver::ok().await;
+    let (id, _) = subscribe(
+        &notify,
+        webhook_subscription(&receiver.url, &[T::DealSourced]),
+        "alice",
+        Role::Partner,
+    )
+    .await;
+    let deal = new_deal_id();
+    let before = sourced(&deal, "Beforeco");
+    notify.publish(&before).await;
+    receiver.wait_for_count(1).await;
+    wait_for("delivered", || async {
+        notify
+            .deliveries(&id)
+            .await
+            .first()
+            .is_some_and(|d| d.0 == "delivered")
+    })
+    .await;
+    let notify = notify.restart().await;
+    // The same record again (a producer retry), then a new one on the same
+    // deal, so it is handled after the copy.
+    notify.publish(&before).await;
+    let after = sourced(&deal, "Afterco");
+    notify.publish(&after).await;
+    let got = receiver.wait_for_count(2).await;
+    notify.applied(&after.event_id).await;
+    wait_for("both delivered", || async {
+        notify
+            .deliveries(&id)
+            .await
+            .iter()
+            .filter(|d| d.0 == "delivered")
+            .count()
+            == 2
+    })
+    .await;
+    assert_eq!(got[1].json()["event_id"], after.event_id);
+    assert_eq!(receiver.count(), 2);
+    assert_eq!(notify.deliveries(&id).await.len(), 2);
+    notify.stop().await;
+}
