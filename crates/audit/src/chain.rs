@@ -255,7 +255,7 @@ impl ChainVerifier {
 /// trusted checkpoint, or the beginning of the partition) to its end,
 /// recomputes the hash chain and compares it with `checkpoints`. Stops at
 /// the first mismatch.
-#[instrument(skip_all, fields(topic, partition), err)]
+#[instrument(skip_all, fields(%topic, partition), err)]
 pub async fn verify_chain(
     settings: &KafkaSettings,
     topic: &str,

@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 use dealmesh_eventlog::KafkaSettings;
+use dealmesh_proto::DealEvent;
 use tracing::{instrument, warn};
 
 use crate::range::{TimeRange, rfc3339};
@@ -102,7 +103,7 @@ pub struct ExportSummary {
 /// if its directory cannot take a file; fails with
 /// [`Error::TopicNotFound`] if the topic does not exist. Records that are
 /// not events are skipped with a warning and listed in the summary.
-#[instrument(skip_all, fields(topic, %format, out = %out.display()), err)]
+#[instrument(skip_all, fields(%topic, %format, out = %out.display()), err)]
 pub async fn export(
     settings: &KafkaSettings,
     topic: &str,
@@ -141,7 +142,8 @@ fn export_blocking(
     };
     let start = range.from.map_or(Start::Beginning, Start::Around);
     let stats = reader::scan(settings, topic, start, |record| {
-        let Some(row) = decode(&record, &mut summary.skipped, &mut summary.skipped_count) else {
+        let Some((row, _)) = decode(&record, &mut summary.skipped, &mut summary.skipped_count)
+        else {
             return Ok(());
         };
         if !range.contains(row.occurred_at) {
@@ -164,9 +166,9 @@ pub(crate) fn decode(
     record: &LogRecord,
     skipped: &mut Vec<SkippedRecord>,
     skipped_count: &mut u64,
-) -> Option<EventRow> {
+) -> Option<(EventRow, DealEvent)> {
     match EventRow::from_record(record) {
-        Ok((row, _)) => {
+        Ok((row, event)) => {
             if row.event_type == UNKNOWN_TYPE {
                 warn!(
                     partition = row.partition,
@@ -175,7 +177,7 @@ pub(crate) fn decode(
                     "event of a type this build does not know, kept as Unknown"
                 );
             }
-            Some(row)
+            Some((row, event))
         }
         Err(err) => {
             warn!(

@@ -11,15 +11,15 @@
 use std::io::Write;
 
 use dealmesh_eventlog::KafkaSettings;
+use dealmesh_proto::Payload;
 use dealmesh_proto::v1::{Ballot, VoteCloseReason, VoteResult, VoteRule};
-use dealmesh_proto::{DealEvent, Payload};
 use serde::Serialize;
 use tracing::instrument;
 
 use crate::export::{SkippedRecord, decode};
 use crate::range::rfc3339;
 use crate::reader::{self, Start};
-use crate::row::{EventRow, UNKNOWN_TYPE};
+use crate::row::EventRow;
 use crate::{Error, Result};
 
 /// One event of a deal's history.
@@ -34,7 +34,7 @@ pub struct HistoryEntry {
 /// The events of `deal_id` in `topic`, in log order. Fails with
 /// [`Error::UnknownDeal`] when the deal has none. Records that are not
 /// events are skipped with a warning (see the export for a listing).
-#[instrument(skip_all, fields(topic, deal_id), err)]
+#[instrument(skip_all, fields(%topic, %deal_id), err)]
 pub async fn history(
     settings: &KafkaSettings,
     topic: &str,
@@ -57,11 +57,11 @@ pub async fn history(
             {
                 return Ok(());
             }
-            if let Some(event) = decode(&record, &mut skipped, &mut skipped_count)
-                && event.deal_id == deal_id
+            if let Some((row, event)) = decode(&record, &mut skipped, &mut skipped_count)
+                && row.deal_id == deal_id
             {
-                let change = describe_row(&event, record.value.as_deref());
-                entries.push(HistoryEntry { event, change });
+                let change = describe(event.payload.as_ref());
+                entries.push(HistoryEntry { event: row, change });
             }
             Ok(())
         })?;
@@ -71,14 +71,6 @@ pub async fn history(
         Ok(entries)
     })
     .await
-}
-
-fn describe_row(row: &EventRow, value: Option<&[u8]>) -> String {
-    if row.event_type == UNKNOWN_TYPE {
-        return describe(None);
-    }
-    let event = value.and_then(|v| dealmesh_eventlog::envelope::decode(v).ok());
-    describe(event.as_ref().and_then(|e: &DealEvent| e.payload.as_ref()))
 }
 
 /// What an event changed, in a short phrase. `None` is a type this build

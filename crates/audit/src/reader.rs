@@ -71,7 +71,7 @@ pub struct ScanStats {
 /// partition in id order, calling `visit` for each record in offset order.
 /// An error from `visit` stops the scan and is returned. Blocking: call it
 /// from `spawn_blocking`.
-#[instrument(skip_all, fields(topic), err)]
+#[instrument(skip_all, fields(%topic), err)]
 pub fn scan(
     settings: &KafkaSettings,
     topic: &str,
@@ -99,7 +99,7 @@ pub fn scan(
 
 /// Reads one partition of `topic` from `start` to its end, calling `visit`
 /// for each record in offset order until it returns `false`. Blocking.
-#[instrument(skip_all, fields(topic, partition), err)]
+#[instrument(skip_all, fields(%topic, partition), err)]
 pub fn scan_partition(
     settings: &KafkaSettings,
     topic: &str,

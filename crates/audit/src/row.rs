@@ -70,8 +70,9 @@ pub struct Undecodable(pub String);
 impl EventRow {
     /// Decodes a record of the deal log. An envelope with a payload type
     /// this build does not know becomes an `Unknown` row; a record that is
-    /// not an envelope at all is [`Undecodable`].
-    pub fn from_record(record: &LogRecord) -> Result<(EventRow, Option<DealEvent>), Undecodable> {
+    /// not an envelope at all is [`Undecodable`]. Returns the decoded
+    /// envelope too.
+    pub fn from_record(record: &LogRecord) -> Result<(EventRow, DealEvent), Undecodable> {
         let value = record
             .value
             .as_deref()
@@ -127,7 +128,7 @@ impl EventRow {
             ce_specversion: header(headers::CE_SPECVERSION),
             traceparent: header(headers::TRACEPARENT),
         };
-        Ok((row, Some(event)))
+        Ok((row, event))
     }
 }
 
