@@ -14,7 +14,7 @@ use dealmesh_eventlog::KafkaSettings;
 use dealmesh_proto::Payload;
 use dealmesh_proto::v1::{Ballot, VoteCloseReason, VoteResult, VoteRule};
 use serde::Serialize;
-use tracing::instrument;
+use tracing::{instrument, warn};
 
 use crate::export::{SkippedRecord, decode};
 use crate::range::rfc3339;
@@ -67,6 +67,14 @@ pub async fn history(
         })?;
         if entries.is_empty() {
             return Err(Error::UnknownDeal { deal_id, topic });
+        }
+        // Producers with different partitioners put one key in different
+        // partitions; the entries are then in log order per partition only.
+        if entries
+            .iter()
+            .any(|e| e.event.partition != entries[0].event.partition)
+        {
+            warn!(%deal_id, "the deal's events are in several partitions, listed partition by partition");
         }
         Ok(entries)
     })
