@@ -44,6 +44,10 @@ pub const GITHUB_TOKEN: &str = "DEALMESH_INGEST_GITHUB_TOKEN";
 /// Repository searches, `;`-separated, in GitHub search syntax, e.g.
 /// `topic:llm stars:>500;language:rust topic:database`.
 pub const GITHUB_SEARCHES: &str = "DEALMESH_INGEST_GITHUB_SEARCHES";
+/// Order of search results: `updated` (default: recently pushed first, so
+/// new activity lands on page 1, which the ETag covers), `stars`, `forks`,
+/// `help-wanted-issues`, or `best-match` (GitHub's default order).
+pub const GITHUB_SORT: &str = "DEALMESH_INGEST_GITHUB_SORT";
 /// Time between two GitHub polls. Default `15m`.
 pub const GITHUB_INTERVAL: &str = "DEALMESH_INGEST_GITHUB_INTERVAL";
 /// Results per search page, 1 to 100. Default 100.

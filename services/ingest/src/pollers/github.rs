@@ -15,7 +15,8 @@
 //!   configuration changes, instead of asking again every interval.
 //!
 //! The page-1 ETag only covers page 1: an unchanged first page skips the
-//! whole search until it changes.
+//! whole search until it changes. Results are sorted by last update by
+//! default, so new activity shows on page 1.
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
@@ -193,6 +194,7 @@ impl GithubPoller {
         let definition = super::definition_hash(&[
             self.settings.api_url.as_str(),
             query,
+            self.settings.sort.as_deref().unwrap_or_default(),
             &self.settings.per_page.to_string(),
         ]);
         let state = match self.state.begin(POLLER, query, &definition).await {
@@ -304,9 +306,14 @@ impl GithubPoller {
                 segments.pop_if_empty().extend(["search", "repositories"]);
             })
             .ok();
-        url.query_pairs_mut()
-            .append_pair("q", query)
-            .append_pair("per_page", &self.settings.per_page.to_string());
+        {
+            let mut pairs = url.query_pairs_mut();
+            pairs.append_pair("q", query);
+            if let Some(sort) = &self.settings.sort {
+                pairs.append_pair("sort", sort).append_pair("order", "desc");
+            }
+            pairs.append_pair("per_page", &self.settings.per_page.to_string());
+        }
         url
     }
 

@@ -11,7 +11,7 @@ use crate::config::{
     CRUNCHBASE_API_URL, CRUNCHBASE_CALLS_PER_MINUTE, CRUNCHBASE_ENABLED, CRUNCHBASE_INTERVAL,
     CRUNCHBASE_MAX_PAGES, CRUNCHBASE_SEARCHES, CRUNCHBASE_SEARCHES_FILE, CRUNCHBASE_USER_KEY,
     GITHUB_API_URL, GITHUB_ENABLED, GITHUB_INTERVAL, GITHUB_MAX_PAGES, GITHUB_PER_PAGE,
-    GITHUB_SEARCHES, GITHUB_TOKEN, POLLER_HTTP_TIMEOUT, POLLER_MAX_ATTEMPTS,
+    GITHUB_SEARCHES, GITHUB_SORT, GITHUB_TOKEN, POLLER_HTTP_TIMEOUT, POLLER_MAX_ATTEMPTS,
 };
 
 pub const DEFAULT_GITHUB_API_URL: &str = "https://api.github.com";
@@ -34,6 +34,8 @@ pub struct GithubSettings {
     pub api_url: Url,
     pub token: Option<SecretString>,
     pub searches: Vec<String>,
+    /// GitHub's `sort` parameter; `None` for best match.
+    pub sort: Option<String>,
     pub interval: Duration,
     pub per_page: u32,
     pub max_pages: u32,
@@ -106,6 +108,19 @@ impl GithubSettings {
                 ));
             }
         }
+        let sort = match r.string(GITHUB_SORT, "updated").trim() {
+            "best-match" => None,
+            sort @ ("updated" | "stars" | "forks" | "help-wanted-issues") => Some(sort.to_owned()),
+            other => {
+                return Err(ConfigError::new(
+                    GITHUB_SORT,
+                    format!(
+                        "invalid value {other:?}: expected updated, stars, forks, \
+                         help-wanted-issues or best-match"
+                    ),
+                ));
+            }
+        };
         let per_page: u32 = r.parse(GITHUB_PER_PAGE, 100)?;
         if !(1..=100).contains(&per_page) {
             return Err(ConfigError::new(GITHUB_PER_PAGE, "must be 1 to 100"));
@@ -119,6 +134,7 @@ impl GithubSettings {
             api_url: base_url(r, GITHUB_API_URL, DEFAULT_GITHUB_API_URL)?,
             token: r.secret(GITHUB_TOKEN),
             searches,
+            sort,
             interval: interval(r, GITHUB_INTERVAL, Duration::from_secs(15 * 60))?,
             per_page,
             max_pages,
@@ -264,6 +280,7 @@ impl fmt::Debug for GithubSettings {
             .field("api_url", &self.api_url.as_str())
             .field("token", &secret_state(&self.token))
             .field("searches", &self.searches)
+            .field("sort", &self.sort.as_deref().unwrap_or("best-match"))
             .field("interval", &self.interval)
             .field("per_page", &self.per_page)
             .field("max_pages", &self.max_pages)
@@ -312,6 +329,9 @@ mod tests {
         )
         .unwrap();
         assert_eq!(s.searches, ["topic:llm stars:>500", "language:rust"]);
+        assert_eq!(s.sort.as_deref(), Some("updated"));
+        let e = read(&[(GITHUB_SORT, "newest")], GithubSettings::from_reader).unwrap_err();
+        assert_eq!(e.key, GITHUB_SORT);
         assert_eq!(s.api_url.as_str(), "https://api.github.com/");
     }
 

@@ -57,6 +57,8 @@ fn first_page() -> MockBuilder {
     Mock::given(method("GET"))
         .and(path("/search/repositories"))
         .and(query_param("q", QUERY))
+        .and(query_param("sort", "updated"))
+        .and(query_param("order", "desc"))
         .and(query_param_is_missing("page"))
 }
 
