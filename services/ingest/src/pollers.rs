@@ -228,7 +228,7 @@ pub struct SearchRun {
     pub seen: usize,
     /// Results that became a new `DealSourced` event.
     pub emitted: usize,
-    /// Results already on the log (earlier runs, other channels' keys).
+    /// Results already on the log (earlier runs, restarts, other replicas).
     pub duplicates: usize,
     /// Results dropped because they did not make a valid deal.
     pub skipped: usize,
