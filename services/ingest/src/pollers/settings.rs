@@ -399,6 +399,40 @@ mod tests {
     }
 
     #[test]
+    fn crunchbase_searches_from_a_file_join_the_inline_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("searches.json");
+        std::fs::write(&file, r#"{"series-a-us": {"limit": 100}}"#).unwrap();
+        let path = file.to_str().unwrap();
+        let both = read(
+            &[
+                (CRUNCHBASE_SEARCHES, r#"{"seed-eu": {}}"#),
+                (CRUNCHBASE_SEARCHES_FILE, path),
+            ],
+            CrunchbaseSettings::from_reader,
+        )
+        .unwrap();
+        let names: Vec<&str> = both.searches.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["seed-eu", "series-a-us"]);
+
+        let clash = read(
+            &[
+                (CRUNCHBASE_SEARCHES, r#"{"series-a-us": {}}"#),
+                (CRUNCHBASE_SEARCHES_FILE, path),
+            ],
+            CrunchbaseSettings::from_reader,
+        )
+        .unwrap_err();
+        assert_eq!(clash.key, CRUNCHBASE_SEARCHES_FILE);
+        let missing = read(
+            &[(CRUNCHBASE_SEARCHES_FILE, "/nonexistent/searches.json")],
+            CrunchbaseSettings::from_reader,
+        )
+        .unwrap_err();
+        assert!(missing.to_string().contains("cannot read"), "{missing}");
+    }
+
+    #[test]
     fn secrets_are_redacted() {
         let g = read(
             &[(GITHUB_TOKEN, "ghp_supersecret")],
