@@ -169,7 +169,7 @@ impl App {
                 .watch(self.config.model_poll, stop.clone()),
         );
         let consumer_stop = CancellationToken::new();
-        let consumer = tokio::spawn(self.consumer.run(consumer_stop.clone()));
+        let mut consumer = tokio::spawn(self.consumer.run(consumer_stop.clone()));
         self.readiness.set("grpc", true);
         self.readiness.set("consumer", true);
         tracing::info!(model_version = %self.scorer.model().current().model.version, "scoring serving");
@@ -178,11 +178,31 @@ impl App {
             let readiness = self.readiness.clone();
             let stop = stop.clone();
             async move {
-                shutdown.cancelled().await;
+                // A consumer that stops on its own (it cannot reach the
+                // broker, say) takes the service down with its error rather
+                // than leaving an API up over a dead pipeline.
+                let ended_early = tokio::select! {
+                    () = shutdown.cancelled() => None,
+                    joined = &mut consumer => Some(joined),
+                };
                 readiness.start_draining();
                 dealmesh_runtime::grpc::set_not_serving(&health_reporter, &[GRPC_SERVICE]).await;
-                consumer_stop.cancel();
-                let drained = consumer.await;
+                let drained = match ended_early {
+                    Some(joined) => {
+                        tracing::error!("consumer stopped unexpectedly, shutting down");
+                        joined.map(|result| {
+                            result.and_then(|()| {
+                                Err(dealmesh_eventlog::Error::InvalidEvent(
+                                    "consumer stopped unexpectedly".into(),
+                                ))
+                            })
+                        })
+                    }
+                    None => {
+                        consumer_stop.cancel();
+                        consumer.await
+                    }
+                };
                 stop.cancel();
                 drained
             }

@@ -182,6 +182,25 @@ async fn bad_records_are_dead_lettered_and_the_partition_moves_on() {
         )
         .await
         .unwrap();
+    // An envelope whose DealEnriched has a field of the wrong type (GitHub
+    // signals sent as a number).
+    let mut wrong_type = DealEvent {
+        payload: None,
+        ..enriched_event(&deal, Default::default())
+    }
+    .encode_to_vec();
+    // Field 21 (deal_enriched), length-delimited: tag 0xAA 0x01, length 2,
+    // then its field 1 (github, a message) as varint 7.
+    wrong_type.extend_from_slice(&[0xAA, 0x01, 0x02, 0x08, 0x07]);
+    producer
+        .send(
+            &service.topics.deals,
+            Some(deal.as_bytes()),
+            &wrong_type,
+            rdkafka::message::OwnedHeaders::new(),
+        )
+        .await
+        .unwrap();
     // A well-formed envelope with impossible signals.
     let mut negative = on_thesis();
     negative.github.as_mut().unwrap().stars = -5;
@@ -212,7 +231,7 @@ async fn bad_records_are_dead_lettered_and_the_partition_moves_on() {
     );
 
     let dead = dealmesh_testkit::read_topic(&service.bootstrap, &service.topics.dead_letter).await;
-    assert_eq!(dead.len(), 2, "both bad records are dead-lettered");
+    assert_eq!(dead.len(), 3, "every bad record is dead-lettered");
     let header = |record: &dealmesh_testkit::TopicRecord, name: &str| {
         record
             .headers
@@ -222,8 +241,16 @@ async fn bad_records_are_dead_lettered_and_the_partition_moves_on() {
             .unwrap_or_default()
     };
     let errors: Vec<String> = dead.iter().map(|r| header(r, dlq_headers::ERROR)).collect();
+    assert_eq!(
+        errors
+            .iter()
+            .filter(|e| e.contains("cannot decode event"))
+            .count(),
+        2,
+        "{errors:?}"
+    );
     assert!(
-        errors.iter().any(|e| e.contains("cannot decode event")),
+        errors.iter().any(|e| e.contains("invalid wire type")),
         "{errors:?}"
     );
     let invalid = errors
