@@ -130,12 +130,15 @@ async fn main() -> anyhow::Result<()> {
                 .filter(|o| matches!(o, Outcome::Failed(_)))
                 .count();
             anyhow::ensure!(failed == 0, "{failed} deals failed");
-            let ideal = concurrency as f64 / (3.0 * latency.as_secs_f64()).max(f64::EPSILON);
+            let ideal = if latency.is_zero() {
+                "-".to_owned()
+            } else {
+                format!("{:.1}", concurrency as f64 / (3.0 * latency.as_secs_f64()))
+            };
             println!(
-                "| {latency_ms} | {concurrency} | {} | {seconds:.2} | {:.1} | {:.1} |",
+                "| {latency_ms} | {concurrency} | {} | {seconds:.2} | {:.1} | {ideal} |",
                 args.deals,
                 args.deals as f64 / seconds,
-                ideal
             );
         }
     }

@@ -534,3 +534,52 @@ async fn an_organization_is_read_with_its_public_repositories() {
     assert_eq!(g.description, "A great organization");
     assert_eq!((g.stars, g.forks), (80, 9));
 }
+
+#[tokio::test]
+async fn each_provider_is_paced_by_its_own_rate_limit() {
+    use dealmesh_enrich::config::{Rate, RetryPolicy};
+    use dealmesh_enrich::provider::Provider;
+    let github = github_fake(Duration::ZERO).await;
+    let retry = RetryPolicy {
+        attempts: 1,
+        base: Duration::from_millis(10),
+        max: Duration::from_secs(1),
+    };
+    // 4 a second: a burst of 4, then one every 250 ms.
+    let paced = Provider::new(
+        "paced",
+        Duration::from_secs(2),
+        Rate::parse("4/s").unwrap(),
+        retry,
+        ProviderMetrics::default(),
+    )
+    .unwrap();
+    let free = Provider::new(
+        "free",
+        Duration::from_secs(2),
+        None,
+        retry,
+        ProviderMetrics::default(),
+    )
+    .unwrap();
+    let url = format!("{}/orgs/github", github.uri());
+    let started = std::time::Instant::now();
+    for _ in 0..8 {
+        free.call(None, || free.client().get(&url)).await.unwrap();
+    }
+    let unpaced = started.elapsed();
+    let started = std::time::Instant::now();
+    for _ in 0..8 {
+        paced.call(None, || paced.client().get(&url)).await.unwrap();
+    }
+    let waited = started.elapsed();
+    // Four requests beyond the burst, 250 ms apart.
+    assert!(
+        waited >= Duration::from_millis(900),
+        "8 requests at 4/s took {waited:?}"
+    );
+    assert!(
+        unpaced < waited,
+        "unlimited {unpaced:?} vs paced {waited:?}"
+    );
+}
