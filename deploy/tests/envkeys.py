@@ -94,21 +94,23 @@ def keys_of_crate(crate_dir: Path) -> EnvKeys:
 _TOP_LEVEL_TYPE = re.compile(r"(?m)^pub\s+(?:struct|enum|trait|type)\s+([A-Z]\w*)")
 
 
-def _uses_module(service_text: str, crate_dir: Path, path: Path) -> bool:
-    """Whether a service's sources use the shared-crate module `path`:
-    they name the module (`dealmesh_runtime::database`) or one of the types
-    it declares (`DatabaseSettings`); a crate root counts when the crate is
-    named at all. Keys of a shared module the service never touches (a
-    database module in a service without a database) are not read by it."""
+def _uses_module(user_text: str, crate_dir: Path, path: Path, *, inside: bool = False) -> bool:
+    """Whether code uses the shared-crate module `path`: it names the module
+    (`dealmesh_runtime::database`, or `crate::database` from `inside` the
+    same crate) or one of the types it declares (`DatabaseSettings`); a
+    crate root counts when the crate is named at all. Keys of a shared
+    module a service never reaches (a database module in a service without
+    a database) are not read by it."""
     crate = "dealmesh_" + crate_dir.name
     rel = path.relative_to(crate_dir / "src").with_suffix("")
     if rel.name == "lib":
-        return re.search(rf"\b{crate}\b", service_text) is not None
+        return inside or re.search(rf"\b{crate}\b", user_text) is not None
     module = "::".join(rel.parts)
-    if re.search(rf"\b{crate}::(?:\{{[^}}]*\b)?{module}\b", service_text):
+    prefix = rf"(?:{crate}|crate)" if inside else crate
+    if re.search(rf"\b{prefix}::(?:\{{[^}}]*\b)?{module}\b", user_text):
         return True
     types = _TOP_LEVEL_TYPE.findall(_strip_comments_and_tests(path.read_text(encoding="utf-8")))
-    return any(re.search(rf"\b{t}\b", service_text) for t in types)
+    return any(re.search(rf"\b{t}\b", user_text) for t in types)
 
 
 def _path_dependencies(crate_dir: Path) -> list[Path]:
@@ -131,24 +133,36 @@ def _path_dependencies(crate_dir: Path) -> list[Path]:
 
 def service_keys(service: str) -> EnvKeys:
     """Every key the service's binary reads: its own crate's keys, and those
-    of the modules of the shared crates (runtime, eventlog, auth; directly
-    or through one another) that its sources use."""
+    of the shared-crate modules (runtime, eventlog, auth, ...) it reaches:
+    the ones its sources use, and the ones those modules use in turn."""
     crate = REPO / "services" / service
     keys = keys_of_crate(crate)
     service_text = "\n".join(
         _strip_comments_and_tests(p.read_text(encoding="utf-8")) for p in sorted((crate / "src").rglob("*.rs"))
     )
-    seen: set[Path] = set()
+    deps: list[Path] = []
     queue = _path_dependencies(crate)
     while queue:
         dep = queue.pop()
-        if dep in seen:
-            continue
-        seen.add(dep)
-        for path in sorted((dep / "src").rglob("*.rs")):
-            if _uses_module(service_text, dep, path):
+        if dep not in deps:
+            deps.append(dep)
+            queue.extend(_path_dependencies(dep))
+    modules = [(dep, path) for dep in deps for path in sorted((dep / "src").rglob("*.rs"))]
+    used: dict[Path, str] = {}
+    changed = True
+    while changed:
+        changed = False
+        for dep, path in modules:
+            if path in used:
+                continue
+            same_crate = "\n".join(t for p, t in used.items() if dep in p.parents)
+            other = "\n".join([service_text] + [t for p, t in used.items() if dep not in p.parents])
+            if _uses_module(other, dep, path) or (
+                same_crate and _uses_module(same_crate, dep, path, inside=True)
+            ):
+                used[path] = _strip_comments_and_tests(path.read_text(encoding="utf-8"))
                 _keys_of_file(path, keys)
-        queue.extend(_path_dependencies(dep))
+                changed = True
     return keys
 
 

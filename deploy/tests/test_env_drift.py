@@ -132,6 +132,9 @@ def test_shared_module_keys_count_only_for_services_using_the_module(tmp_path):
     assert envkeys._uses_module("let db = DatabaseSettings::from_source(&s)?;", crate, module)
     assert not envkeys._uses_module("use dealmesh_runtime::config::Reader;", crate, module)
     assert envkeys._uses_module("use dealmesh_runtime::config::Reader;", crate, root)
+    # A module the service reaches through another module of the crate.
+    assert envkeys._uses_module("use crate::database::DatabaseSettings;", crate, module, inside=True)
+    assert not envkeys._uses_module("use crate::config::Reader;", crate, module, inside=True)
 
 
 @pytest.mark.parametrize("svc", ["enrich", "scoring", "crm", "notify"])
