@@ -14,6 +14,8 @@ use dealmesh_eventlog::envelope;
 use dealmesh_proto::v1::{self, VoteCloseReason, VoteResult, VoteRule};
 use dealmesh_proto::{DealEvent, Payload};
 use prost::Message;
+use std::collections::{HashMap, HashSet};
+
 use sqlx::PgConnection;
 
 /// Where a record sits on the log.
@@ -72,10 +74,15 @@ fn refuse(reason: impl Into<String>) -> Refusal {
     }
 }
 
-#[derive(sqlx::FromRow)]
+/// A deal's state as a batch sees it: read once, locked, kept in memory
+/// while the batch applies events, written back once at the end.
+#[derive(Debug, Clone)]
 struct DealState {
     version: i64,
     stage: String,
+    updated_at: DateTime<Utc>,
+    last_event_id: String,
+    dirty: bool,
 }
 
 #[derive(sqlx::FromRow)]
@@ -88,8 +95,298 @@ struct VoteState {
     quorum: i32,
 }
 
-/// Applies `event` (whose encoding is `bytes`) read at `position`, inside
-/// the caller's transaction. `initial_stage` is where a new deal starts.
+/// One `events` row, written with the rest of the batch.
+struct EventRow {
+    event_id: String,
+    deal_id: String,
+    event_type: &'static str,
+    occurred_at: Option<DateTime<Utc>>,
+    actor_id: String,
+    actor_role: i32,
+    correlation_id: String,
+    causation_id: String,
+    idempotency_key: String,
+    expected_version: Option<i64>,
+    position: Position,
+    envelope: Vec<u8>,
+    status: &'static str,
+    reject_code: Option<&'static str>,
+    reason: String,
+    deal_version: i64,
+}
+
+/// Applies a batch of events inside the caller's transaction. Per event
+/// only its own effects are written; the dedup lookup, the deal versions and
+/// the `events` rows are read and written once per batch.
+pub struct Batch {
+    initial_stage: String,
+    /// Event ids already in `events`, or earlier in this batch.
+    seen: HashSet<String>,
+    deals: HashMap<String, DealState>,
+    rows: Vec<EventRow>,
+}
+
+impl Batch {
+    /// Reads what the batch needs about `events` and locks their deals.
+    pub async fn begin(
+        conn: &mut PgConnection,
+        events: &[&DealEvent],
+        initial_stage: &str,
+    ) -> Result<Self, sqlx::Error> {
+        let ids: Vec<&str> = events.iter().map(|e| e.event_id.as_str()).collect();
+        let seen: HashSet<String> =
+            sqlx::query_scalar("SELECT event_id FROM events WHERE event_id = ANY($1)")
+                .bind(&ids)
+                .fetch_all(&mut *conn)
+                .await?
+                .into_iter()
+                .collect();
+        let mut deal_ids: Vec<&str> = events.iter().map(|e| e.deal_id.as_str()).collect();
+        deal_ids.sort_unstable();
+        deal_ids.dedup();
+        // Locked in id order, so two projectors cannot deadlock.
+        let deals = sqlx::query_as::<_, (String, i64, String, DateTime<Utc>, String)>(
+            "SELECT deal_id, version, stage, updated_at, last_event_id FROM deals
+             WHERE deal_id = ANY($1) ORDER BY deal_id FOR UPDATE",
+        )
+        .bind(&deal_ids)
+        .fetch_all(&mut *conn)
+        .await?
+        .into_iter()
+        .map(|(id, version, stage, updated_at, last_event_id)| {
+            (
+                id,
+                DealState {
+                    version,
+                    stage,
+                    updated_at,
+                    last_event_id,
+                    dirty: false,
+                },
+            )
+        })
+        .collect();
+        Ok(Self {
+            initial_stage: initial_stage.to_owned(),
+            seen,
+            deals,
+            rows: Vec::with_capacity(events.len()),
+        })
+    }
+
+    /// Applies `event` (whose encoding is `bytes`) read at `position`. The
+    /// event must have been passed to [`Batch::begin`].
+    pub async fn apply(
+        &mut self,
+        conn: &mut PgConnection,
+        event: &DealEvent,
+        bytes: &[u8],
+        position: &Position,
+    ) -> Result<Decision, sqlx::Error> {
+        if !self.seen.insert(event.event_id.clone()) {
+            return Ok(Decision::Duplicate);
+        }
+        let at = event
+            .occurred_at
+            .as_ref()
+            .and_then(envelope::from_timestamp);
+        let decision = match &event.payload {
+            None => {
+                tracing::warn!(event_id = %event.event_id, "event of an unknown type kept, not applied");
+                Decision::Skipped
+            }
+            Some(payload) => self.decide_and_apply(conn, event, payload, at).await?,
+        };
+        let (code, reason) = match &decision {
+            Decision::Rejected { code, reason } => (Some(*code), reason.clone()),
+            Decision::Ignored { reason } => (None, reason.clone()),
+            _ => (None, String::new()),
+        };
+        let actor = event.actor.clone().unwrap_or_default();
+        self.rows.push(EventRow {
+            event_id: event.event_id.clone(),
+            deal_id: event.deal_id.clone(),
+            event_type: envelope::type_name(event),
+            occurred_at: at,
+            actor_id: actor.id,
+            actor_role: actor.role,
+            correlation_id: event.correlation_id.clone(),
+            causation_id: event.causation_id.clone(),
+            idempotency_key: event.idempotency_key.clone(),
+            expected_version: event.expected_version.map(|v| v as i64),
+            position: position.clone(),
+            envelope: bytes.to_vec(),
+            status: decision.status(),
+            reject_code: code,
+            reason,
+            deal_version: self.deals.get(&event.deal_id).map_or(0, |d| d.version),
+        });
+        Ok(decision)
+    }
+
+    /// Writes the deals' versions and the batch's `events` rows.
+    pub async fn finish(self, conn: &mut PgConnection) -> Result<(), sqlx::Error> {
+        let dirty: Vec<(&String, &DealState)> =
+            self.deals.iter().filter(|(_, d)| d.dirty).collect();
+        if !dirty.is_empty() {
+            sqlx::query(
+                "UPDATE deals d SET version = u.version, updated_at = u.updated_at,
+                     last_event_id = u.last_event_id
+                 FROM UNNEST($1::text[], $2::bigint[], $3::timestamptz[], $4::text[])
+                     AS u(deal_id, version, updated_at, last_event_id)
+                 WHERE d.deal_id = u.deal_id",
+            )
+            .bind(dirty.iter().map(|(id, _)| id.as_str()).collect::<Vec<_>>())
+            .bind(dirty.iter().map(|(_, d)| d.version).collect::<Vec<_>>())
+            .bind(dirty.iter().map(|(_, d)| d.updated_at).collect::<Vec<_>>())
+            .bind(
+                dirty
+                    .iter()
+                    .map(|(_, d)| d.last_event_id.as_str())
+                    .collect::<Vec<_>>(),
+            )
+            .execute(&mut *conn)
+            .await?;
+        }
+        if self.rows.is_empty() {
+            return Ok(());
+        }
+        let r = &self.rows;
+        sqlx::query(
+            "INSERT INTO events (event_id, deal_id, event_type, occurred_at, actor_id, actor_role,
+                 correlation_id, causation_id, idempotency_key, expected_version, kafka_topic,
+                 kafka_partition, kafka_offset, envelope, status, reject_code, reason, deal_version)
+             SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::timestamptz[],
+                 $5::text[], $6::int[], $7::text[], $8::text[], $9::text[], $10::bigint[],
+                 $11::text[], $12::int[], $13::bigint[], $14::bytea[], $15::text[], $16::text[],
+                 $17::text[], $18::bigint[])
+             ON CONFLICT (event_id) DO NOTHING",
+        )
+        .bind(r.iter().map(|e| e.event_id.as_str()).collect::<Vec<_>>())
+        .bind(r.iter().map(|e| e.deal_id.as_str()).collect::<Vec<_>>())
+        .bind(r.iter().map(|e| e.event_type).collect::<Vec<_>>())
+        .bind(r.iter().map(|e| e.occurred_at).collect::<Vec<_>>())
+        .bind(r.iter().map(|e| e.actor_id.as_str()).collect::<Vec<_>>())
+        .bind(r.iter().map(|e| e.actor_role).collect::<Vec<_>>())
+        .bind(
+            r.iter()
+                .map(|e| e.correlation_id.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            r.iter()
+                .map(|e| e.causation_id.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            r.iter()
+                .map(|e| e.idempotency_key.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(r.iter().map(|e| e.expected_version).collect::<Vec<_>>())
+        .bind(
+            r.iter()
+                .map(|e| e.position.topic.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(r.iter().map(|e| e.position.partition).collect::<Vec<_>>())
+        .bind(r.iter().map(|e| e.position.offset).collect::<Vec<_>>())
+        .bind(r.iter().map(|e| e.envelope.as_slice()).collect::<Vec<_>>())
+        .bind(r.iter().map(|e| e.status).collect::<Vec<_>>())
+        .bind(r.iter().map(|e| e.reject_code).collect::<Vec<_>>())
+        .bind(r.iter().map(|e| e.reason.as_str()).collect::<Vec<_>>())
+        .bind(r.iter().map(|e| e.deal_version).collect::<Vec<_>>())
+        .execute(&mut *conn)
+        .await?;
+        Ok(())
+    }
+
+    async fn decide_and_apply(
+        &mut self,
+        conn: &mut PgConnection,
+        event: &DealEvent,
+        payload: &Payload,
+        at: Option<DateTime<Utc>>,
+    ) -> Result<Decision, sqlx::Error> {
+        let deal_id = event.deal_id.as_str();
+        let deal = self.deals.get(deal_id);
+        let is_command = event.expected_version.is_some();
+        if let Some(expected) = event.expected_version {
+            match deal {
+                None => {
+                    return Ok(Decision::Rejected {
+                        code: FAILED_PRECONDITION,
+                        reason: format!("deal {deal_id} does not exist"),
+                    });
+                }
+                Some(d) if d.version as u64 != expected => {
+                    return Ok(Decision::Rejected {
+                        code: ABORTED,
+                        reason: format!(
+                            "deal {deal_id} is at version {}, the command expected version {expected}",
+                            d.version
+                        ),
+                    });
+                }
+                Some(_) => {}
+            }
+        }
+        if let Err(refusal) = check(conn, event, deal, payload, at).await? {
+            return Ok(if is_command {
+                Decision::Rejected {
+                    code: refusal.code,
+                    reason: refusal.reason,
+                }
+            } else {
+                Decision::Ignored {
+                    reason: refusal.reason,
+                }
+            });
+        }
+        let updated_at = at.unwrap_or(DateTime::UNIX_EPOCH);
+        if !self.deals.contains_key(deal_id) {
+            // An event for a deal the log has not sourced (yet) still lands,
+            // on a bare deal row, so nothing the log says is lost.
+            sqlx::query(
+                "INSERT INTO deals (deal_id, version, stage, updated_at, last_event_id)
+                 VALUES ($1, 0, $2, $3, $4)",
+            )
+            .bind(deal_id)
+            .bind(&self.initial_stage)
+            .bind(updated_at)
+            .bind(&event.event_id)
+            .execute(&mut *conn)
+            .await?;
+            self.deals.insert(
+                deal_id.to_owned(),
+                DealState {
+                    version: 0,
+                    stage: self.initial_stage.clone(),
+                    updated_at,
+                    last_event_id: event.event_id.clone(),
+                    dirty: true,
+                },
+            );
+        }
+        effects(conn, event, payload, at).await?;
+        let state = self
+            .deals
+            .get_mut(deal_id)
+            .ok_or_else(|| sqlx::Error::Protocol("deal state vanished".into()))?;
+        state.version += 1;
+        state.updated_at = updated_at;
+        state.last_event_id = event.event_id.clone();
+        state.dirty = true;
+        if let Payload::StageChanged(s) = payload {
+            state.stage = s.to_stage.clone();
+        }
+        Ok(Decision::Applied {
+            version: state.version,
+        })
+    }
+}
+
+/// Applies one event inside the caller's transaction: a batch of one.
 pub async fn apply(
     conn: &mut PgConnection,
     event: &DealEvent,
@@ -97,157 +394,10 @@ pub async fn apply(
     position: &Position,
     initial_stage: &str,
 ) -> Result<Decision, sqlx::Error> {
-    let at = event
-        .occurred_at
-        .as_ref()
-        .and_then(envelope::from_timestamp);
-    let actor = event.actor.clone().unwrap_or_default();
-    let inserted = sqlx::query(
-        "INSERT INTO events (event_id, deal_id, event_type, occurred_at, actor_id, actor_role,
-             correlation_id, causation_id, idempotency_key, expected_version, kafka_topic,
-             kafka_partition, kafka_offset, envelope, status)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, 'pending')
-         ON CONFLICT (event_id) DO NOTHING",
-    )
-    .bind(&event.event_id)
-    .bind(&event.deal_id)
-    .bind(envelope::type_name(event))
-    .bind(at)
-    .bind(&actor.id)
-    .bind(actor.role)
-    .bind(&event.correlation_id)
-    .bind(&event.causation_id)
-    .bind(&event.idempotency_key)
-    .bind(event.expected_version.map(|v| v as i64))
-    .bind(&position.topic)
-    .bind(position.partition)
-    .bind(position.offset)
-    .bind(bytes)
-    .execute(&mut *conn)
-    .await?;
-    if inserted.rows_affected() == 0 {
-        return Ok(Decision::Duplicate);
-    }
-
-    let decision = match &event.payload {
-        None => {
-            tracing::warn!(event_id = %event.event_id, "event of an unknown type kept, not applied");
-            Decision::Skipped
-        }
-        Some(payload) => decide_and_apply(conn, event, payload, at, initial_stage).await?,
-    };
-    let (code, reason, version) = match &decision {
-        Decision::Applied { version } => (None, String::new(), *version),
-        Decision::Rejected { code, reason } => (
-            Some(*code),
-            reason.clone(),
-            current_version(conn, &event.deal_id).await?,
-        ),
-        Decision::Ignored { reason } => (
-            None,
-            reason.clone(),
-            current_version(conn, &event.deal_id).await?,
-        ),
-        Decision::Skipped | Decision::Duplicate => (
-            None,
-            String::new(),
-            current_version(conn, &event.deal_id).await?,
-        ),
-    };
-    sqlx::query(
-        "UPDATE events SET status = $2, reject_code = $3, reason = $4, deal_version = $5
-         WHERE event_id = $1",
-    )
-    .bind(&event.event_id)
-    .bind(decision.status())
-    .bind(code)
-    .bind(reason)
-    .bind(version)
-    .execute(&mut *conn)
-    .await?;
+    let mut batch = Batch::begin(conn, &[event], initial_stage).await?;
+    let decision = batch.apply(conn, event, bytes, position).await?;
+    batch.finish(conn).await?;
     Ok(decision)
-}
-
-async fn current_version(conn: &mut PgConnection, deal_id: &str) -> Result<i64, sqlx::Error> {
-    Ok(
-        sqlx::query_scalar::<_, i64>("SELECT version FROM deals WHERE deal_id = $1")
-            .bind(deal_id)
-            .fetch_optional(&mut *conn)
-            .await?
-            .unwrap_or(0),
-    )
-}
-
-async fn decide_and_apply(
-    conn: &mut PgConnection,
-    event: &DealEvent,
-    payload: &Payload,
-    at: Option<DateTime<Utc>>,
-    initial_stage: &str,
-) -> Result<Decision, sqlx::Error> {
-    let deal_id = event.deal_id.as_str();
-    let deal: Option<DealState> =
-        sqlx::query_as("SELECT version, stage FROM deals WHERE deal_id = $1 FOR UPDATE")
-            .bind(deal_id)
-            .fetch_optional(&mut *conn)
-            .await?;
-    let is_command = event.expected_version.is_some();
-    if let Some(expected) = event.expected_version {
-        match &deal {
-            None => {
-                return Ok(Decision::Rejected {
-                    code: FAILED_PRECONDITION,
-                    reason: format!("deal {deal_id} does not exist"),
-                });
-            }
-            Some(d) if d.version as u64 != expected => {
-                return Ok(Decision::Rejected {
-                    code: ABORTED,
-                    reason: format!(
-                        "deal {deal_id} is at version {}, the command expected version {expected}",
-                        d.version
-                    ),
-                });
-            }
-            Some(_) => {}
-        }
-    }
-    if let Err(refusal) = check(conn, event, deal.as_ref(), payload, at).await? {
-        return Ok(if is_command {
-            Decision::Rejected {
-                code: refusal.code,
-                reason: refusal.reason,
-            }
-        } else {
-            Decision::Ignored {
-                reason: refusal.reason,
-            }
-        });
-    }
-    // An event for a deal the log has not sourced (yet) still lands, on a
-    // bare deal row, so nothing the log says is lost.
-    let updated_at = at.unwrap_or(DateTime::UNIX_EPOCH);
-    sqlx::query(
-        "INSERT INTO deals (deal_id, version, stage, updated_at, last_event_id)
-         VALUES ($1, 0, $2, $3, $4) ON CONFLICT (deal_id) DO NOTHING",
-    )
-    .bind(deal_id)
-    .bind(initial_stage)
-    .bind(updated_at)
-    .bind(&event.event_id)
-    .execute(&mut *conn)
-    .await?;
-    effects(conn, event, payload, at).await?;
-    let version: i64 = sqlx::query_scalar(
-        "UPDATE deals SET version = version + 1, updated_at = $2, last_event_id = $3
-         WHERE deal_id = $1 RETURNING version",
-    )
-    .bind(deal_id)
-    .bind(updated_at)
-    .bind(&event.event_id)
-    .fetch_one(&mut *conn)
-    .await?;
-    Ok(Decision::Applied { version })
 }
 
 /// What the deal's state forbids, whoever sent the event.
@@ -296,9 +446,12 @@ async fn check(
         },
         Payload::VoteClosed(c) => match vote(conn, &c.vote_id).await? {
             Some(v) if v.deal_id == deal_id && v.status == "open" => Ok(()),
+            Some(v) if v.deal_id == deal_id && event.expected_version.is_some() => {
+                Err(refuse(format!("vote {} is already closed", c.vote_id)))
+            }
             Some(v) if v.deal_id == deal_id => {
-                // Closing a vote that already closed (all LPs voted, or a
-                // second closer) records the close event, nothing more.
+                // The closer's event for a vote that already closed (all LPs
+                // voted) records the close on the vote, nothing more.
                 sqlx::query("UPDATE votes SET close_event_id = coalesce(close_event_id, $2) WHERE vote_id = $1")
                     .bind(&c.vote_id)
                     .bind(&event.event_id)

@@ -94,7 +94,11 @@ impl Projector {
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest")
-            .set("enable.partition.eof", "false");
+            .set("enable.partition.eof", "false")
+            // Commands wait for the projector: a broker that does not answer
+            // a fetch as soon as data arrives must not hold it for the
+            // default 500 ms. KAFKA_FETCH_WAIT_MAX_MS overrides it.
+            .set("fetch.wait.max.ms", "10");
         for (key, value) in &self.kafka.passthrough {
             config.set(key, value);
         }
@@ -246,6 +250,8 @@ impl Projector {
         .await?
         .into_iter()
         .collect();
+        // Decode first, so the batch can read and lock what it needs once.
+        let mut work = Vec::with_capacity(batch.len());
         for message in batch {
             let partition = message.partition();
             let offset = message.offset();
@@ -254,23 +260,42 @@ impl Projector {
                 report.already_projected += 1;
                 continue;
             }
+            let decoded = match message.payload() {
+                None => Err("record has no value".to_owned()),
+                Some(bytes) => envelope::decode(bytes).map_err(|e| e.to_string()),
+            };
             let position = Position {
                 topic: message.topic().to_owned(),
                 partition,
                 offset,
             };
-            let outcome = self.project_one(&mut tx, message, &position).await?;
-            match outcome {
-                Some(Decision::Applied { .. }) | Some(Decision::Ignored { .. }) => {
-                    report.applied += 1
-                }
-                Some(Decision::Rejected { .. }) => report.rejected += 1,
-                Some(Decision::Duplicate) => report.duplicates += 1,
-                Some(Decision::Skipped) => report.skipped += 1,
-                None => report.undecodable += 1,
-            }
             next.insert(partition, offset + 1);
+            work.push((message, position, decoded));
         }
+        let events: Vec<&dealmesh_proto::DealEvent> = work
+            .iter()
+            .filter_map(|(_, _, decoded)| decoded.as_ref().ok())
+            .collect();
+        let mut applier =
+            projection::Batch::begin(&mut tx, &events, &self.settings.initial_stage).await?;
+        for (message, position, decoded) in &work {
+            match decoded {
+                Ok(event) => {
+                    let bytes = message.payload().unwrap_or_default();
+                    match applier.apply(&mut tx, event, bytes, position).await? {
+                        Decision::Applied { .. } | Decision::Ignored { .. } => report.applied += 1,
+                        Decision::Rejected { .. } => report.rejected += 1,
+                        Decision::Duplicate => report.duplicates += 1,
+                        Decision::Skipped => report.skipped += 1,
+                    }
+                }
+                Err(error) => {
+                    report.undecodable += 1;
+                    skip_record(&mut tx, message, position, error).await?;
+                }
+            }
+        }
+        applier.finish(&mut tx).await?;
         for (partition, next_offset) in &next {
             sqlx::query(
                 "UPDATE projector_offsets SET next_offset = GREATEST(next_offset, $3)
@@ -303,43 +328,27 @@ impl Projector {
         }
         Ok(report)
     }
+}
 
-    /// `None` when the record does not decode (it is kept in
-    /// `skipped_records`).
-    async fn project_one(
-        &self,
-        conn: &mut sqlx::PgConnection,
-        message: &OwnedMessage,
-        position: &Position,
-    ) -> Result<Option<Decision>, Error> {
-        let decoded = match message.payload() {
-            None => Err("record has no value".to_owned()),
-            Some(bytes) => envelope::decode(bytes).map_err(|e| e.to_string()),
-        };
-        match decoded {
-            Ok(event) => {
-                let bytes = message.payload().unwrap_or_default();
-                let decision =
-                    projection::apply(conn, &event, bytes, position, &self.settings.initial_stage)
-                        .await?;
-                Ok(Some(decision))
-            }
-            Err(error) => {
-                tracing::warn!(partition = position.partition, offset = position.offset, %error, "undecodable record skipped");
-                sqlx::query(
-                    "INSERT INTO skipped_records (topic, partition, \"offset\", error, record_key, value)
-                     VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
-                )
-                .bind(&position.topic)
-                .bind(position.partition)
-                .bind(position.offset)
-                .bind(error)
-                .bind(message.key())
-                .bind(message.payload())
-                .execute(&mut *conn)
-                .await?;
-                Ok(None)
-            }
-        }
-    }
+/// Keeps a record that does not decode, for inspection, and moves on.
+async fn skip_record(
+    conn: &mut sqlx::PgConnection,
+    message: &OwnedMessage,
+    position: &Position,
+    error: &str,
+) -> Result<(), Error> {
+    tracing::warn!(partition = position.partition, offset = position.offset, %error, "undecodable record skipped");
+    sqlx::query(
+        "INSERT INTO skipped_records (topic, partition, \"offset\", error, record_key, value)
+         VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
+    )
+    .bind(&position.topic)
+    .bind(position.partition)
+    .bind(position.offset)
+    .bind(error)
+    .bind(message.key())
+    .bind(message.payload())
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
 }
