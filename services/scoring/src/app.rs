@@ -12,8 +12,6 @@ use dealmesh_runtime::admin::{self, Readiness};
 use dealmesh_runtime::metrics::GrpcMetrics;
 use dealmesh_runtime::shutdown::CancellationToken;
 use prometheus_client::registry::Registry;
-use secrecy::ExposeSecret;
-use sqlx::postgres::PgPoolOptions;
 use tokio::net::TcpListener;
 
 use crate::config::ScoringConfig;
@@ -26,23 +24,7 @@ const GRPC_SERVICE: &str = "dealmesh.v1.ScoringService";
 
 /// Connects to PostgreSQL, creating the database if it does not exist.
 pub async fn connect(config: &ScoringConfig) -> anyhow::Result<sqlx::PgPool> {
-    use sqlx::migrate::MigrateDatabase;
-    let url = config.database_url.expose_secret();
-    if !sqlx::Postgres::database_exists(url)
-        .await
-        .context("cannot reach PostgreSQL")?
-    {
-        sqlx::Postgres::create_database(url)
-            .await
-            .context("cannot create the database")?;
-        tracing::info!("database created");
-    }
-    PgPoolOptions::new()
-        .max_connections(config.database_max_connections)
-        .acquire_timeout(Duration::from_secs(10))
-        .connect(url)
-        .await
-        .context("cannot connect to PostgreSQL")
+    config.database.connect().await
 }
 
 /// The scorer with its model, migrated store and producer, for serving and

@@ -9,7 +9,7 @@ use std::time::Duration;
 use dealmesh_auth::AuthConfig;
 use dealmesh_eventlog::KafkaSettings;
 use dealmesh_runtime::config::{ConfigError, Reader, Source};
-use secrecy::{ExposeSecret, SecretString};
+use dealmesh_runtime::database::DatabaseSettings;
 
 /// gRPC listen address. Default `0.0.0.0:50053`.
 pub const GRPC_ADDR: &str = "DEALMESH_SCORING_GRPC_ADDR";
@@ -24,10 +24,10 @@ pub const MODEL_POLL: &str = "DEALMESH_SCORING_MODEL_POLL";
 pub const GROUP_ID: &str = "DEALMESH_SCORING_GROUP_ID";
 /// Deals scored concurrently (one deal's events stay in order). Default 16.
 pub const CONCURRENCY: &str = "DEALMESH_SCORING_CONCURRENCY";
-/// PostgreSQL URL of the scoring state. Required.
-pub const DATABASE_URL: &str = "DATABASE_URL";
-/// Connections in the PostgreSQL pool. Default 8.
-pub const DATABASE_MAX_CONNECTIONS: &str = "DEALMESH_DATABASE_MAX_CONNECTIONS";
+/// Connections in the PostgreSQL pool. Default 16.
+pub use dealmesh_runtime::database::DATABASE_MAX_CONNECTIONS;
+/// PostgreSQL URL of the scoring state (created if missing). Required.
+pub use dealmesh_runtime::database::DATABASE_URL;
 /// Create the topics on start if missing. Default true.
 pub const PROVISION_TOPICS: &str = "DEALMESH_PROVISION_TOPICS";
 /// Time to drain on SIGTERM. Default `25s`.
@@ -41,8 +41,7 @@ pub struct ScoringConfig {
     pub model_poll: Duration,
     pub group_id: String,
     pub concurrency: usize,
-    pub database_url: SecretString,
-    pub database_max_connections: u32,
+    pub database: DatabaseSettings,
     pub provision_topics: bool,
     pub shutdown_grace: Duration,
     pub kafka: KafkaSettings,
@@ -68,8 +67,7 @@ impl ScoringConfig {
             model_poll: r.duration(MODEL_POLL, Duration::from_secs(5))?,
             group_id: r.string(GROUP_ID, &format!("{}scoring", kafka.topic_prefix)),
             concurrency,
-            database_url: SecretString::from(r.required_string(DATABASE_URL)?),
-            database_max_connections: r.parse(DATABASE_MAX_CONNECTIONS, 8)?,
+            database: DatabaseSettings::from_source(source)?,
             provision_topics: r.bool(PROVISION_TOPICS, true)?,
             shutdown_grace: r
                 .duration(SHUTDOWN_GRACE, dealmesh_runtime::shutdown::DEFAULT_GRACE)?,
@@ -79,8 +77,8 @@ impl ScoringConfig {
     }
 }
 
-/// Prints the effective configuration with the database password redacted
-/// (the auth settings redact their own secret).
+/// Prints the effective configuration; the database and auth settings
+/// redact their own secrets.
 impl fmt::Debug for ScoringConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ScoringConfig")
@@ -90,27 +88,12 @@ impl fmt::Debug for ScoringConfig {
             .field("model_poll", &self.model_poll)
             .field("group_id", &self.group_id)
             .field("concurrency", &self.concurrency)
-            .field(
-                "database_url",
-                &redact_url_password(self.database_url.expose_secret()),
-            )
-            .field("database_max_connections", &self.database_max_connections)
+            .field("database", &self.database)
             .field("provision_topics", &self.provision_topics)
             .field("shutdown_grace", &self.shutdown_grace)
             .field("kafka", &self.kafka)
             .field("auth", &self.auth)
             .finish()
-    }
-}
-
-fn redact_url_password(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(mut parsed) if parsed.password().is_some() => {
-            let _ = parsed.set_password(Some("REDACTED"));
-            parsed.to_string()
-        }
-        Ok(parsed) => parsed.to_string(),
-        Err(_) => "[unparseable, hidden]".to_owned(),
     }
 }
 
