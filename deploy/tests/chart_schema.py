@@ -112,7 +112,7 @@ schema = {
                    "propertyNames": {"pattern": "^[a-z][a-z0-9.]*$"},
                    "additionalProperties": {"type": ["string", "integer", "boolean"]}},
         "sasl": O({"existingSecret": secret_name, "usernameKey": key, "passwordKey": key}),
-        "tls": O({"existingSecret": secret_name, "caKey": key, "certKey": S(), "keyKey": S()}),
+        "tls": O({"existingSecret": secret_name, "caKey": key, "certKey": S(), "keyKey": S(), "keyPasswordKey": S()}),
     }),
     "database": O({"existingSecret": secret_name,
                    "urlKeys": O({svc: key for svc in ("ingest", "scoring", "crm", "notify")}),

@@ -218,7 +218,8 @@ def test_no_secret_is_rendered_and_secret_settings_are_references():
 
 
 def test_kafka_tls_files_are_mounted_where_librdkafka_looks():
-    manifests = render({"kafka": {"tls": {"existingSecret": "kafka-ca", "certKey": "tls.crt", "keyKey": "tls.key"}}})
+    manifests = render({"kafka": {"tls": {"existingSecret": "kafka-ca", "certKey": "tls.crt", "keyKey": "tls.key",
+                                          "keyPasswordKey": "tls.pass"}}})
     spec = one(manifests, "Deployment", "enrich").doc["spec"]["template"]["spec"]
     c = spec["containers"][0]
     mount = next(v for v in c["volumeMounts"] if v["name"] == "kafka-tls")
@@ -227,6 +228,7 @@ def test_kafka_tls_files_are_mounted_where_librdkafka_looks():
     env = env_of(c)
     assert env["KAFKA_SSL_CA_LOCATION"]["value"] == f"{mount['mountPath']}/ca.crt"
     assert env["KAFKA_SSL_KEY_LOCATION"]["value"] == f"{mount['mountPath']}/tls.key"
+    assert env["KAFKA_SSL_KEY_PASSWORD"]["valueFrom"]["secretKeyRef"] == {"name": "kafka-ca", "key": "tls.pass"}
 
 
 # --- hooks -------------------------------------------------------------------

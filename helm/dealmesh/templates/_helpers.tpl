@@ -266,6 +266,13 @@ binary). Takes (dict "root" $ "svc" name). Secrets only ever by reference.
 - name: KAFKA_SSL_KEY_LOCATION
   value: {{ printf "/etc/dealmesh/kafka-tls/%s" $.Values.kafka.tls.keyKey | quote }}
 {{- end }}
+{{- if $.Values.kafka.tls.keyPasswordKey }}
+- name: KAFKA_SSL_KEY_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ . | quote }}
+      key: {{ $.Values.kafka.tls.keyPasswordKey | quote }}
+{{- end }}
 {{- end }}
 {{- end }}
 
