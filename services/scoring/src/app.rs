@@ -150,6 +150,13 @@ impl App {
                 .clone()
                 .watch(self.config.model_poll, stop.clone()),
         );
+        let rescorer = self.config.rescore_on_reload.then(|| {
+            tokio::spawn(rescore_on_change(
+                self.scorer.clone(),
+                self.config.concurrency,
+                stop.clone(),
+            ))
+        });
         let consumer_stop = CancellationToken::new();
         let mut consumer = tokio::spawn(self.consumer.run(consumer_stop.clone()));
         self.readiness.set("grpc", true);
@@ -198,9 +205,38 @@ impl App {
         result?;
         drained.context("consumer task failed")??;
         let _ = watcher.await;
+        if let Some(rescorer) = rescorer {
+            let _ = rescorer.await;
+        }
         let producer = self.scorer.producer().clone();
         tokio::task::spawn_blocking(move || producer.flush(Duration::from_secs(10))).await??;
         tracing::info!("scoring stopped");
         Ok(())
+    }
+}
+
+/// Re-scores every stored deal each time the model in use changes, until
+/// `stop`. A failed pass is logged; the next change runs a full pass again.
+async fn rescore_on_change(scorer: Scorer, concurrency: usize, stop: CancellationToken) {
+    let mut versions = scorer.model().subscribe();
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            changed = versions.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+            }
+        }
+        let version = versions.borrow_and_update().clone();
+        tracing::info!(model_version = %version, "model changed, rescoring every deal");
+        tokio::select! {
+            () = stop.cancelled() => return,
+            result = crate::rescore::rescore(&scorer, concurrency) => {
+                if let Err(error) = result {
+                    tracing::error!(%error, model_version = %version, "rescore failed");
+                }
+            }
+        }
     }
 }

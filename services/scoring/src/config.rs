@@ -20,6 +20,11 @@ pub const MODEL_FILE: &str = "DEALMESH_SCORING_MODEL_FILE";
 /// How often the model file is checked for changes; `0s` turns polling off
 /// (SIGHUP and the ReloadScoringModel RPC still reload). Default `5s`.
 pub const MODEL_POLL: &str = "DEALMESH_SCORING_MODEL_POLL";
+/// Re-score every stored deal when the model changes, as `rescore` does.
+/// Default false (run `dealmesh-scoring rescore` by hand). With several
+/// replicas each re-scores; the ids are the same, so consumers drop the
+/// copies.
+pub const RESCORE_ON_RELOAD: &str = "DEALMESH_SCORING_RESCORE_ON_RELOAD";
 /// Consumer group id. Default `<topic prefix>scoring`.
 pub const GROUP_ID: &str = "DEALMESH_SCORING_GROUP_ID";
 /// Deals scored concurrently (one deal's events stay in order). Default 16.
@@ -39,6 +44,7 @@ pub struct ScoringConfig {
     pub admin_addr: SocketAddr,
     pub model_file: PathBuf,
     pub model_poll: Duration,
+    pub rescore_on_reload: bool,
     pub group_id: String,
     pub concurrency: usize,
     pub database: DatabaseSettings,
@@ -65,6 +71,7 @@ impl ScoringConfig {
             admin_addr: r.parse(ADMIN_ADDR, SocketAddr::from(([0, 0, 0, 0], 9093)))?,
             model_file,
             model_poll: r.duration(MODEL_POLL, Duration::from_secs(5))?,
+            rescore_on_reload: r.bool(RESCORE_ON_RELOAD, false)?,
             group_id: r.string(GROUP_ID, &format!("{}scoring", kafka.topic_prefix)),
             concurrency,
             database: DatabaseSettings::from_source(source)?,
@@ -86,6 +93,7 @@ impl fmt::Debug for ScoringConfig {
             .field("admin_addr", &self.admin_addr)
             .field("model_file", &self.model_file)
             .field("model_poll", &self.model_poll)
+            .field("rescore_on_reload", &self.rescore_on_reload)
             .field("group_id", &self.group_id)
             .field("concurrency", &self.concurrency)
             .field("database", &self.database)

@@ -64,6 +64,8 @@ struct Inner {
     current: ArcSwap<LoadedModel>,
     status: Mutex<Status>,
     metrics: ReloadMetrics,
+    /// The version in use, for tasks that act on a model change.
+    version: tokio::sync::watch::Sender<String>,
 }
 
 /// The running model. Cheap to clone; every clone sees swaps.
@@ -78,6 +80,7 @@ impl ModelHandle {
         let bytes = read(path)?;
         let model = parse(&bytes)?;
         tracing::info!(path = %path.display(), version = %model.version, "model loaded");
+        let (version, _) = tokio::sync::watch::channel(model.version.clone());
         let handle = Self {
             inner: Arc::new(Inner {
                 path: path.to_owned(),
@@ -90,6 +93,7 @@ impl ModelHandle {
                     seen: Sha256::digest(&bytes).into(),
                 }),
                 metrics: ReloadMetrics::default(),
+                version,
             }),
         };
         handle.set_info(None);
@@ -124,6 +128,12 @@ impl ModelHandle {
     /// cannot mix two models.
     pub fn current(&self) -> Arc<LoadedModel> {
         self.inner.current.load_full()
+    }
+
+    /// Tells of every change of the model in use (the receiver starts with
+    /// the current version marked seen).
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<String> {
+        self.inner.version.subscribe()
     }
 
     /// Why the last reload was rejected, if it was.
@@ -177,6 +187,7 @@ impl ModelHandle {
                 loaded_at: Utc::now(),
             }));
             self.set_info(Some(&previous.model.version));
+            self.inner.version.send_replace(version.clone());
             tracing::info!(from = %previous.model.version, to = %version, "model reloaded");
         }
         self.status().last_error = None;

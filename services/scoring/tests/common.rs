@@ -47,6 +47,10 @@ impl TestScoring {
     }
 
     pub async fn start_with(model: &str) -> Self {
+        Self::start_with_env(model, &[]).await
+    }
+
+    pub async fn start_with_env(model: &str, extra: &[(&str, &str)]) -> Self {
         init_telemetry();
         let bootstrap = dealmesh_testkit::kafka_bootstrap().await;
         let prefix = dealmesh_testkit::unique_topic_prefix();
@@ -54,7 +58,7 @@ impl TestScoring {
         let dir = tempfile::tempdir().expect("temp dir");
         let model_path = dir.path().join("thesis.toml");
         std::fs::write(&model_path, model).expect("model file written");
-        let env: Vec<(String, String)> = vec![
+        let mut env: Vec<(String, String)> = vec![
             ("DATABASE_URL".into(), db.url.clone()),
             ("DEALMESH_KAFKA_BOOTSTRAP_SERVERS".into(), bootstrap.clone()),
             ("DEALMESH_TOPIC_PREFIX".into(), prefix.clone()),
@@ -69,6 +73,11 @@ impl TestScoring {
             ("DEALMESH_SCORING_MODEL_POLL".into(), "0s".into()),
             ("DEALMESH_JWT_HS256_SECRET".into(), JWT_SECRET.into()),
         ];
+        env.extend(
+            extra
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
+        );
         let mut service = Self {
             grpc_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             admin_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
@@ -136,6 +145,28 @@ impl TestScoring {
                 _ => None,
             })
             .collect()
+    }
+
+    /// Reads the log until `done` holds for the DealScored events on it, or
+    /// panics after a minute.
+    pub async fn wait_until(
+        &self,
+        what: &str,
+        done: impl Fn(&[(DealEvent, DealScored)]) -> bool,
+    ) -> Vec<(DealEvent, DealScored)> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let scores = self.scores().await;
+            if done(&scores) {
+                return scores;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{what}: not within a minute; log has {} score(s)",
+                scores.len()
+            );
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
     }
 
     /// Reads the log until a DealScored answers each of `source_event_ids`

@@ -388,3 +388,51 @@ async fn rescore_publishes_each_deal_once_per_model() {
         other => panic!("stored {other:?}"),
     }
 }
+
+#[tokio::test]
+async fn with_rescore_on_reload_a_new_model_rescores_every_deal() {
+    let service =
+        TestScoring::start_with_env(THESIS, &[("DEALMESH_SCORING_RESCORE_ON_RELOAD", "true")])
+            .await;
+    let producer = service.producer();
+    let one = enriched_event(&new_deal_id(), on_thesis());
+    let two = enriched_event(&new_deal_id(), off_thesis());
+    producer.publish(&one).await.unwrap();
+    producer.publish(&two).await.unwrap();
+    service
+        .wait_for_scores(&[&one.event_id, &two.event_id])
+        .await;
+
+    std::fs::write(
+        &service.model_path,
+        THESIS.replace("funding = 6", "funding = 30"),
+    )
+    .unwrap();
+    let reloaded = service
+        .client()
+        .await
+        .reload_scoring_model(authed(ReloadScoringModelRequest {}, Role::Admin))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(reloaded.changed);
+    let version = reloaded.model_version;
+    let scores = service
+        .wait_until("both deals rescored under the new model", |scores| {
+            scores
+                .iter()
+                .filter(|(_, s)| s.model_version == version)
+                .count()
+                >= 2
+        })
+        .await;
+    let rescored: Vec<_> = scores
+        .iter()
+        .filter(|(_, s)| s.model_version == version)
+        .map(|(_, s)| s.source_event_id.as_str())
+        .collect();
+    assert_eq!(rescored.len(), 2);
+    assert!(rescored.contains(&one.event_id.as_str()));
+    assert!(rescored.contains(&two.event_id.as_str()));
+    assert_eq!(scores.len(), 4);
+}
