@@ -4,12 +4,14 @@
 //! cargo run --release -p dealmesh-scoring --example bench            # both parts
 //! cargo run --release -p dealmesh-scoring --example bench -- pure    # CPU only
 //! cargo run --release -p dealmesh-scoring --example bench -- e2e 2000
+//! cargo run --release -p dealmesh-scoring --example bench -- e2e 2000 16   # 16 lanes
 //! ```
 //!
 //! - `pure`: on one thread, decode a DealEnriched envelope, extract and
 //!   check its features, score it with the shipped thesis and encode the
 //!   DealScored envelope: the CPU work of one event, without I/O.
-//! - `e2e`: the real service with `DEALMESH_SCORING_CONCURRENCY=1` against a
+//! - `e2e`: the real service with `DEALMESH_SCORING_CONCURRENCY=1` (or the
+//!   third argument) against a
 //!   Kafka-API broker and PostgreSQL (the test broker and a fresh database,
 //!   as the tests get them: `DEALMESH_TEST_KAFKA_BOOTSTRAP` or a tansu of its
 //!   own, `DEALMESH_TEST_DATABASE_URL` or the local server). N enrichments
@@ -138,7 +140,7 @@ fn score_one(model: &Model, bytes: &[u8]) -> f64 {
     scored.score
 }
 
-async fn e2e(events: u64) -> anyhow::Result<()> {
+async fn e2e(events: u64, concurrency: usize) -> anyhow::Result<()> {
     let bootstrap = dealmesh_testkit::kafka_bootstrap().await;
     let prefix = dealmesh_testkit::unique_topic_prefix();
     let db = dealmesh_testkit::TestDatabase::create().await;
@@ -156,7 +158,7 @@ async fn e2e(events: u64) -> anyhow::Result<()> {
             "DEALMESH_SCORING_MODEL_FILE",
             &model_path.display().to_string(),
         ),
-        ("DEALMESH_SCORING_CONCURRENCY", "1"),
+        ("DEALMESH_SCORING_CONCURRENCY", &concurrency.to_string()),
         (
             "DEALMESH_JWT_HS256_SECRET",
             "bench-secret-0123456789abcdef-0123456",
@@ -227,7 +229,7 @@ async fn e2e(events: u64) -> anyhow::Result<()> {
     let elapsed = first_at.elapsed();
     let measured = events - first_count as u64;
     println!(
-        "e2e: {measured} events consumed, scored, published (acked) and recorded in {:.2} s with concurrency 1 = {:.0} events/s",
+        "e2e: {measured} events consumed, scored, published (acked) and recorded in {:.2} s with concurrency {concurrency} = {:.0} events/s",
         elapsed.as_secs_f64(),
         measured as f64 / elapsed.as_secs_f64()
     );
@@ -252,7 +254,13 @@ fn main() -> anyhow::Result<()> {
         tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()?
-            .block_on(e2e(n(2_000)?))?;
+            .block_on(e2e(
+                n(2_000)?,
+                match args.get(2) {
+                    Some(c) => c.parse()?,
+                    None => 1,
+                },
+            ))?;
     }
     Ok(())
 }

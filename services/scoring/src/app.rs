@@ -31,9 +31,10 @@ pub async fn connect(config: &ScoringConfig) -> anyhow::Result<sqlx::PgPool> {
 /// for `rescore`.
 pub async fn scorer(
     config: &ScoringConfig,
-    registry: Option<&mut Registry>,
+    mut registry: Option<&mut Registry>,
 ) -> anyhow::Result<Scorer> {
-    let model = ModelHandle::load(&config.model_file)?;
+    let model = ModelHandle::load(&config.model_file)
+        .with_context(|| format!("model file {} rejected", config.model_file.display()))?;
     let pool = connect(config).await?;
     MIGRATOR.run(&pool).await.context("migrations failed")?;
     let topics = if config.provision_topics {
@@ -44,13 +45,12 @@ pub async fn scorer(
         topics::Topics::new(&config.kafka.topic_prefix)
     };
     let mut producer = EventProducer::new(&config.kafka, topics, CE_SOURCE)?;
-    let mut scorer_registry = registry;
-    if let Some(registry) = scorer_registry.as_deref_mut() {
+    if let Some(registry) = registry.as_deref_mut() {
         producer = producer.with_metrics(registry);
         model.register_metrics(registry);
     }
     let scorer = Scorer::new(model, Store::new(pool), producer);
-    Ok(match scorer_registry {
+    Ok(match registry {
         Some(registry) => scorer.with_metrics(registry),
         None => scorer,
     })

@@ -201,6 +201,23 @@ async fn bad_records_are_dead_lettered_and_the_partition_moves_on() {
         )
         .await
         .unwrap();
+    // An event type newer than this build (payload field 60): skipped, not
+    // an error.
+    let mut future_type = DealEvent {
+        payload: None,
+        ..enriched_event(&deal, Default::default())
+    }
+    .encode_to_vec();
+    future_type.extend_from_slice(&[0xE2, 0x03, 0x02, 0x08, 0x01]);
+    producer
+        .send(
+            &service.topics.deals,
+            Some(deal.as_bytes()),
+            &future_type,
+            rdkafka::message::OwnedHeaders::new(),
+        )
+        .await
+        .unwrap();
     // A well-formed envelope with impossible signals.
     let mut negative = on_thesis();
     negative.github.as_mut().unwrap().stars = -5;
@@ -231,7 +248,11 @@ async fn bad_records_are_dead_lettered_and_the_partition_moves_on() {
     );
 
     let dead = dealmesh_testkit::read_topic(&service.bootstrap, &service.topics.dead_letter).await;
-    assert_eq!(dead.len(), 3, "every bad record is dead-lettered");
+    assert_eq!(
+        dead.len(),
+        3,
+        "every bad record is dead-lettered, and only those"
+    );
     let header = |record: &dealmesh_testkit::TopicRecord, name: &str| {
         record
             .headers
