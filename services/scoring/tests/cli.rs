@@ -66,3 +66,47 @@ fn a_missing_file_exits_66() {
     assert_eq!(code, Some(66));
     assert!(stderr.contains("cannot read model file"), "{stderr}");
 }
+
+fn serve(env: &[(&str, &str)]) -> (Option<i32>, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_dealmesh-scoring"))
+        .arg("serve")
+        .env_clear()
+        .envs(env.iter().copied())
+        .output()
+        .expect("binary runs");
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn serve_without_a_database_url_exits_64_naming_the_key() {
+    let (code, stderr) = serve(&[("DEALMESH_LOG", "error")]);
+    assert_eq!(code, Some(64));
+    assert!(stderr.contains("DATABASE_URL"), "{stderr}");
+}
+
+#[test]
+fn serve_with_a_bad_model_file_refuses_to_start_and_names_the_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("thesis.toml");
+    std::fs::write(&path, "version = \"q4\"\n[weights]\nsector = -1\n").unwrap();
+    let path = path.display().to_string();
+    let (code, stderr) = serve(&[
+        ("DEALMESH_LOG", "error"),
+        // Never reached: the model is checked before anything connects.
+        ("DATABASE_URL", "postgres://127.0.0.1:1/nowhere"),
+        (
+            "DEALMESH_JWT_HS256_SECRET",
+            "cli-test-secret-0123456789abcdef-0123",
+        ),
+        ("DEALMESH_SCORING_MODEL_FILE", &path),
+    ]);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("rejected"), "{stderr}");
+    assert!(
+        stderr.contains("weights.sector: must be a finite number >= 0, got -1"),
+        "{stderr}"
+    );
+}
