@@ -1,5 +1,6 @@
 //! The ScoringService gRPC API: what-if scoring, a deal's score explained,
-//! and the model's status and reload. Every call needs a bearer token.
+//! and the model's status and reload. Every call needs a bearer token; LPs
+//! may not explain deals' scores, and only admins may reload the model.
 
 use dealmesh_auth::{Authenticator, Role};
 use dealmesh_proto::v1::scoring_service_server::ScoringService;
@@ -65,7 +66,14 @@ impl ScoringService for ScoringApi {
         &self,
         request: Request<ExplainScoreRequest>,
     ) -> Result<Response<ExplainScoreResponse>, Status> {
-        self.auth.from_metadata(request.metadata()).await?;
+        let principal = self.auth.from_metadata(request.metadata()).await?;
+        // LPs may see only deals shared with them, which this service does
+        // not know: they ask the CRM.
+        dealmesh_auth::require(
+            &principal,
+            &[Role::Admin, Role::Partner, Role::Analyst, Role::Service],
+            "explain a deal's score",
+        )?;
         let deal_id = request.get_ref().deal_id.trim();
         if deal_id.is_empty() {
             return Err(invalid_argument(

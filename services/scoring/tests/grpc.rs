@@ -196,7 +196,7 @@ async fn explain_score_of_an_unknown_deal_is_not_found() {
 }
 
 #[tokio::test]
-async fn every_call_needs_a_valid_token_and_reload_needs_an_admin() {
+async fn every_call_needs_a_valid_token_lps_cannot_explain_and_reload_needs_an_admin() {
     let service = TestScoring::start().await;
     let mut client = service.client().await;
     let anonymous = client
@@ -226,6 +226,27 @@ async fn every_call_needs_a_valid_token_and_reload_needs_an_admin() {
         client.get_scoring_model(forged).await.unwrap_err().code(),
         Code::Unauthenticated
     );
+
+    let lp = client
+        .explain_score(authed(
+            ExplainScoreRequest {
+                deal_id: new_deal_id(),
+            },
+            Role::Lp,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(lp.code(), Code::PermissionDenied);
+    // What-if scoring reveals no deal: any role may use it.
+    client
+        .score(authed(
+            ScoreRequest {
+                features: Some(fit()),
+            },
+            Role::Lp,
+        ))
+        .await
+        .unwrap();
 
     let denied = client
         .reload_scoring_model(authed(ReloadScoringModelRequest {}, Role::Analyst))
