@@ -1,6 +1,7 @@
 //! The CRM: projects the deal log into PostgreSQL, serves queries and decides commands through the log.
 
 pub mod app;
+pub mod checksum;
 pub mod closer;
 pub mod commands;
 pub mod config;
@@ -9,3 +10,4 @@ pub mod grpc;
 pub mod projection;
 pub mod projector;
 pub mod read;
+pub mod replay;
