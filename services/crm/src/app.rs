@@ -15,6 +15,7 @@ use dealmesh_runtime::shutdown::{CancellationToken, TaskTracker};
 use secrecy::ExposeSecret;
 use sqlx::PgPool;
 use tokio::net::TcpListener;
+use tokio_stream::StreamExt;
 
 use crate::commands::{Commands, Projected};
 use crate::config::CrmConfig;
@@ -166,7 +167,19 @@ impl App {
                 .add_service(reflection_v1alpha)
                 .add_service(CrmServiceServer::new(api))
                 .serve_with_incoming_shutdown(
-                    tokio_stream::wrappers::TcpListenerStream::new(self.grpc_listener),
+                    // Small unary answers must not wait for a delayed ACK
+                    // (Nagle): the builder's nodelay applies only to
+                    // listeners it binds itself.
+                    tokio_stream::wrappers::TcpListenerStream::new(self.grpc_listener).map(
+                        |stream| {
+                            if let Ok(stream) = &stream
+                                && let Err(error) = stream.set_nodelay(true)
+                            {
+                                tracing::debug!(%error, "cannot set TCP_NODELAY");
+                            }
+                            stream
+                        },
+                    ),
                     async move { stop.cancelled().await },
                 )
         };
