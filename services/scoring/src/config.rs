@@ -11,9 +11,9 @@ use dealmesh_eventlog::KafkaSettings;
 use dealmesh_runtime::config::{ConfigError, Reader, Source};
 use dealmesh_runtime::database::DatabaseSettings;
 
-/// gRPC listen address. Default `0.0.0.0:50053`.
+/// gRPC listen address. Default `0.0.0.0:50054`.
 pub const GRPC_ADDR: &str = "DEALMESH_SCORING_GRPC_ADDR";
-/// Admin (health, metrics) listen address. Default `0.0.0.0:9093`.
+/// Admin (health, metrics) listen address. Default `0.0.0.0:9094`.
 pub const ADMIN_ADDR: &str = "DEALMESH_SCORING_ADMIN_ADDR";
 /// The thesis model file (TOML). Default `thesis.toml`.
 pub const MODEL_FILE: &str = "DEALMESH_SCORING_MODEL_FILE";
@@ -67,8 +67,8 @@ impl ScoringConfig {
             return Err(ConfigError::new(MODEL_FILE, "must not be empty"));
         }
         Ok(Self {
-            grpc_addr: r.parse(GRPC_ADDR, SocketAddr::from(([0, 0, 0, 0], 50053)))?,
-            admin_addr: r.parse(ADMIN_ADDR, SocketAddr::from(([0, 0, 0, 0], 9093)))?,
+            grpc_addr: r.parse(GRPC_ADDR, SocketAddr::from(([0, 0, 0, 0], 50054)))?,
+            admin_addr: r.parse(ADMIN_ADDR, SocketAddr::from(([0, 0, 0, 0], 9094)))?,
             model_file,
             model_poll: r.duration(MODEL_POLL, Duration::from_secs(5))?,
             rescore_on_reload: r.bool(RESCORE_ON_RELOAD, false)?,
