@@ -10,4 +10,5 @@ pub mod grpc;
 pub mod projection;
 pub mod projector;
 pub mod read;
+pub mod rebuild;
 pub mod replay;
