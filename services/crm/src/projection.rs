@@ -14,7 +14,7 @@ use dealmesh_eventlog::envelope;
 use dealmesh_proto::v1::{self, VoteCloseReason, VoteResult, VoteRule};
 use dealmesh_proto::{DealEvent, Payload};
 use prost::Message;
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use sqlx::PgConnection;
 
@@ -124,6 +124,7 @@ pub struct Batch {
     seen: HashSet<String>,
     deals: HashMap<String, DealState>,
     rows: Vec<EventRow>,
+    provenance: Provenance,
 }
 
 impl Batch {
@@ -171,6 +172,7 @@ impl Batch {
             seen,
             deals,
             rows: Vec::with_capacity(events.len()),
+            provenance: Provenance::new(),
         })
     }
 
@@ -226,6 +228,25 @@ impl Batch {
 
     /// Writes the deals' versions and the batch's `events` rows.
     pub async fn finish(self, conn: &mut PgConnection) -> Result<(), sqlx::Error> {
+        if !self.provenance.is_empty() {
+            let p = &self.provenance;
+            sqlx::query(
+                "INSERT INTO field_provenance (deal_id, field, value, source, event_id, recorded_at)
+                 SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
+                     $6::timestamptz[])
+                 ON CONFLICT (deal_id, field) DO UPDATE SET value = excluded.value,
+                     source = excluded.source, event_id = excluded.event_id,
+                     recorded_at = excluded.recorded_at",
+            )
+            .bind(p.keys().map(|k| k.0.as_str()).collect::<Vec<_>>())
+            .bind(p.keys().map(|k| k.1.as_str()).collect::<Vec<_>>())
+            .bind(p.values().map(|v| v.0.as_str()).collect::<Vec<_>>())
+            .bind(p.values().map(|v| v.1.as_str()).collect::<Vec<_>>())
+            .bind(p.values().map(|v| v.2.as_str()).collect::<Vec<_>>())
+            .bind(p.values().map(|v| v.3).collect::<Vec<_>>())
+            .execute(&mut *conn)
+            .await?;
+        }
         let dirty: Vec<(&String, &DealState)> =
             self.deals.iter().filter(|(_, d)| d.dirty).collect();
         if !dirty.is_empty() {
@@ -368,7 +389,7 @@ impl Batch {
                 },
             );
         }
-        effects(conn, event, payload, at).await?;
+        effects(conn, &mut self.provenance, event, payload, at).await?;
         let state = self
             .deals
             .get_mut(deal_id)
@@ -477,42 +498,29 @@ async fn vote(conn: &mut PgConnection, vote_id: &str) -> Result<Option<VoteState
 }
 
 /// Records which event set each field.
-async fn provenance(
-    conn: &mut PgConnection,
+fn provenance(
+    buffer: &mut Provenance,
     deal_id: &str,
     fields: &[(&str, String)],
     source: &str,
     event_id: &str,
     at: Option<DateTime<Utc>>,
-) -> Result<(), sqlx::Error> {
-    let (names, values): (Vec<&str>, Vec<String>) = fields
-        .iter()
-        .filter(|(_, v)| !v.is_empty())
-        .map(|(n, v)| (*n, v.clone()))
-        .unzip();
-    if names.is_empty() {
-        return Ok(());
+) {
+    for (field, value) in fields.iter().filter(|(_, v)| !v.is_empty()) {
+        buffer.insert(
+            (deal_id.to_owned(), (*field).to_owned()),
+            (value.clone(), source.to_owned(), event_id.to_owned(), at),
+        );
     }
-    sqlx::query(
-        "INSERT INTO field_provenance (deal_id, field, value, source, event_id, recorded_at)
-         SELECT $1, f, v, $4, $5, $6 FROM UNNEST($2::text[], $3::text[]) AS t(f, v)
-         ON CONFLICT (deal_id, field) DO UPDATE SET value = excluded.value,
-             source = excluded.source, event_id = excluded.event_id,
-             recorded_at = excluded.recorded_at",
-    )
-    .bind(deal_id)
-    .bind(&names)
-    .bind(&values)
-    .bind(source)
-    .bind(event_id)
-    .bind(at)
-    .execute(&mut *conn)
-    .await?;
-    Ok(())
 }
+
+/// Field provenance a batch collected, written once at its end: the last
+/// event to set a field wins, as if written one by one.
+type Provenance = BTreeMap<(String, String), (String, String, String, Option<DateTime<Utc>>)>;
 
 async fn effects(
     conn: &mut PgConnection,
+    prov: &mut Provenance,
     event: &DealEvent,
     payload: &Payload,
     at: Option<DateTime<Utc>>,
@@ -565,7 +573,7 @@ async fn effects(
             .execute(&mut *conn)
             .await?;
             provenance(
-                conn,
+                prov,
                 deal_id,
                 &[
                     ("name", s.name.clone()),
@@ -577,8 +585,7 @@ async fn effects(
                 &s.source,
                 event_id,
                 seen_at,
-            )
-            .await?;
+            );
         }
         Payload::DealEnriched(e) => {
             let analysis = e.analysis.clone().unwrap_or_default();
@@ -602,7 +609,7 @@ async fn effects(
             if let Some(a) = &e.analysis {
                 let (source, fetched) = signal_origin(a.provenance.as_ref(), "analysis", at);
                 provenance(
-                    conn,
+                    prov,
                     deal_id,
                     &[
                         ("sector", a.sector.clone()),
@@ -613,13 +620,12 @@ async fn effects(
                     &source,
                     event_id,
                     fetched,
-                )
-                .await?;
+                );
             }
             if let Some(g) = &e.github {
                 let (source, fetched) = signal_origin(g.provenance.as_ref(), "github", at);
                 provenance(
-                    conn,
+                    prov,
                     deal_id,
                     &[
                         ("github.stars", g.stars.to_string()),
@@ -629,8 +635,7 @@ async fn effects(
                     &source,
                     event_id,
                     fetched,
-                )
-                .await?;
+                );
             }
             if let Some(c) = &e.crunchbase {
                 let (source, fetched) = signal_origin(c.provenance.as_ref(), "crunchbase", at);
@@ -640,7 +645,7 @@ async fn effects(
                     .map(|m| m.value_usd.to_string())
                     .unwrap_or_default();
                 provenance(
-                    conn,
+                    prov,
                     deal_id,
                     &[
                         ("crunchbase.funding_total_usd", funding),
@@ -650,8 +655,7 @@ async fn effects(
                     &source,
                     event_id,
                     fetched,
-                )
-                .await?;
+                );
             }
         }
         Payload::EnrichmentFailed(f) => {
@@ -674,14 +678,13 @@ async fn effects(
             .execute(&mut *conn)
             .await?;
             provenance(
-                conn,
+                prov,
                 deal_id,
                 &[("score", format!("{:.2}", s.score))],
                 &format!("scoring/{}", s.model_version),
                 event_id,
                 at,
-            )
-            .await?;
+            );
         }
         Payload::StageChanged(s) => {
             sqlx::query("UPDATE deals SET stage = $2 WHERE deal_id = $1")
