@@ -583,3 +583,21 @@ async fn each_provider_is_paced_by_its_own_rate_limit() {
         "unlimited {unpaced:?} vs paced {waited:?}"
     );
 }
+
+#[tokio::test]
+async fn an_owner_that_is_not_an_organization_is_read_as_a_user() {
+    let github = github_failing_first("/orgs/octocat", github_not_found(), 100).await;
+    let enriched = expect_enriched(
+        enricher(&env_for(&github, None, None))
+            .enrich("e1", &sourced("Octo", "octocat", "", None))
+            .await,
+    );
+    let g = enriched.github.unwrap();
+    assert_eq!(g.description, "There once was...");
+    assert_eq!(g.stars, 80);
+    assert_eq!(
+        g.provenance.unwrap().url,
+        format!("{}/users/octocat", github.uri())
+    );
+    assert_eq!(requests_to(&github, "/users/octocat/repos").await, 1);
+}

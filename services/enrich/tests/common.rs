@@ -22,6 +22,7 @@ use wiremock::{Mock, MockServer, ResponseTemplate};
 
 pub const REPO_JSON: &str = include_str!("fixtures/github/repo.json");
 pub const ORG_JSON: &str = include_str!("fixtures/github/org.json");
+pub const USER_JSON: &str = include_str!("fixtures/github/user.json");
 pub const CONTRIBUTORS_JSON: &str = include_str!("fixtures/github/contributors.json");
 pub const COMMIT_ACTIVITY_JSON: &str = include_str!("fixtures/github/commit-activity.json");
 pub const STARGAZERS_JSON: &str = include_str!("fixtures/github/stargazers-with-timestamps.json");
@@ -120,6 +121,8 @@ pub async fn mount_github(server: &MockServer, latency: Duration) {
             github_ok(stargazers_body()),
         ),
         (r"^/orgs/[^/]+$", github_ok(ORG_JSON)),
+        (r"^/users/[^/]+$", github_ok(USER_JSON)),
+        (r"^/users/[^/]+/repos$", github_ok(format!("[{REPO_JSON}]"))),
         (r"^/orgs/[^/]+/repos$", github_ok(format!("[{REPO_JSON}]"))),
     ];
     for (path, response) in routes {

@@ -100,6 +100,12 @@ struct OrgBody {
 }
 
 #[derive(Deserialize)]
+struct UserBody {
+    bio: Option<String>,
+    created_at: Option<String>,
+}
+
+#[derive(Deserialize)]
 struct WeekBody {
     total: i64,
 }
@@ -302,23 +308,43 @@ impl GithubClient {
         Ok(recent as f64 / VELOCITY_DAYS as f64)
     }
 
+    /// An owner is usually an organization; one GitHub does not know as an
+    /// organization is read as a user account instead.
     async fn org(&self, owner: &str) -> Result<Fetched<GithubSignals>, CallError> {
-        let url = endpoint(&self.base, &["orgs", owner]);
         let fetched_at = Utc::now();
-        let org: OrgBody = self
-            .get(&url, "application/vnd.github+json")
-            .await?
-            .json(SOURCE, "organization")?;
-        let mut repos_url = endpoint(&self.base, &["orgs", owner, "repos"]);
+        let org_url = endpoint(&self.base, &["orgs", owner]);
+        let (url, profile, kind, repos_type) =
+            match self.get(&org_url, "application/vnd.github+json").await {
+                Ok(answer) => (
+                    org_url,
+                    answer.json::<OrgBody>(SOURCE, "organization")?,
+                    "orgs",
+                    "public",
+                ),
+                Err(CallError::NotFound { .. }) => {
+                    let user_url = endpoint(&self.base, &["users", owner]);
+                    let user: UserBody = self
+                        .get(&user_url, "application/vnd.github+json")
+                        .await?
+                        .json(SOURCE, "user")?;
+                    let profile = OrgBody {
+                        description: user.bio,
+                        created_at: user.created_at,
+                    };
+                    (user_url, profile, "users", "owner")
+                }
+                Err(error) => return Err(error),
+            };
+        let mut repos_url = endpoint(&self.base, &[kind, owner, "repos"]);
         repos_url
             .query_pairs_mut()
-            .append_pair("type", "public")
+            .append_pair("type", repos_type)
             .append_pair("sort", "pushed")
             .append_pair("per_page", "100");
         let repos: Vec<RepoBody> = self
             .get(&repos_url, "application/vnd.github+json")
             .await?
-            .json(SOURCE, "organization repositories")?;
+            .json(SOURCE, "repositories")?;
         let mut languages: BTreeMap<String, i64> = BTreeMap::new();
         let mut topics: Vec<String> = Vec::new();
         for repo in &repos {
@@ -356,9 +382,9 @@ impl GithubClient {
                 primary_language,
                 topics,
                 license: String::new(),
-                created_at: timestamp(org.created_at.as_deref()),
+                created_at: timestamp(profile.created_at.as_deref()),
                 pushed_at,
-                description: org.description.unwrap_or_default(),
+                description: profile.description.unwrap_or_default(),
             }),
             gaps: Vec::new(),
         })
