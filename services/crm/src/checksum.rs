@@ -15,7 +15,7 @@
 //!   projector and a replay of the same log (identical for two replays of
 //!   one log in full, though, and compared by the determinism test).
 
-use sqlx::{AssertSqlSafe, PgPool};
+use sqlx::{AssertSqlSafe, PgConnection, PgPool};
 use tracing::instrument;
 
 /// Tables whose content is not a function of the log alone.
@@ -40,14 +40,24 @@ impl TableChecksum {
 }
 
 /// The checksum of every table in `schema`, by table name.
-#[instrument(skip_all, fields(%schema), err)]
 pub async fn checksums(pool: &PgPool, schema: &str) -> Result<Vec<TableChecksum>, sqlx::Error> {
+    let mut conn = pool.acquire().await?;
+    checksums_on(&mut conn, schema).await
+}
+
+/// [`checksums`] on one connection, e.g. inside a repeatable-read
+/// transaction so that every table is read at one instant.
+#[instrument(skip_all, fields(%schema), err)]
+pub async fn checksums_on(
+    conn: &mut PgConnection,
+    schema: &str,
+) -> Result<Vec<TableChecksum>, sqlx::Error> {
     let tables: Vec<String> = sqlx::query_scalar(
         "SELECT c.relname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
          WHERE n.nspname = $1 AND c.relkind IN ('r', 'p') ORDER BY c.relname",
     )
     .bind(schema)
-    .fetch_all(pool)
+    .fetch_all(&mut *conn)
     .await?;
     let mut sums = Vec::with_capacity(tables.len());
     for table in tables {
@@ -60,7 +70,7 @@ pub async fn checksums(pool: &PgPool, schema: &str) -> Result<Vec<TableChecksum>
         )
         .bind(schema)
         .bind(&table)
-        .fetch_all(pool)
+        .fetch_all(&mut *conn)
         .await?;
         let order = if key.is_empty() {
             "t::text".to_owned()
@@ -73,14 +83,14 @@ pub async fn checksums(pool: &PgPool, schema: &str) -> Result<Vec<TableChecksum>
         let qualified: String = sqlx::query_scalar("SELECT format('%I.%I', $1::text, $2::text)")
             .bind(schema)
             .bind(&table)
-            .fetch_one(pool)
+            .fetch_one(&mut *conn)
             .await?;
         // The names come from the catalogue, quoted by quote_ident/format.
         let (rows, md5): (i64, String) = sqlx::query_as(AssertSqlSafe(format!(
             "SELECT count(*), coalesce(md5(string_agg(md5(t::text), '' ORDER BY {order})), md5(''))
              FROM {qualified} t"
         )))
-        .fetch_one(pool)
+        .fetch_one(&mut *conn)
         .await?;
         sums.push(TableChecksum { table, rows, md5 });
     }

@@ -80,15 +80,12 @@ pub struct RebuildReport {
     pub replay: ReplayReport,
 }
 
-/// The advisory lock (two-key form) that a projector batch on `schema`
-/// takes shared and a swap takes exclusively.
-pub fn swap_lock_sql(shared_xact: bool) -> &'static str {
-    if shared_xact {
-        "SELECT pg_advisory_xact_lock_shared(hashtext('dealmesh_crm_swap'), hashtext($1))"
-    } else {
-        "SELECT pg_advisory_lock(hashtext('dealmesh_crm_swap'), hashtext($1))"
-    }
-}
+/// The advisory lock (two-key form) a projector batch takes, shared, as
+/// the first statement of its transaction, on the schema it writes to.
+pub const BATCH_SWAP_LOCK: &str = "SELECT pg_advisory_xact_lock_shared(hashtext('dealmesh_crm_swap'), hashtext(current_schema()))";
+/// The same lock, taken exclusively by a swap on the live schema `$1`.
+const SWAP_LOCK: &str = "SELECT pg_advisory_lock(hashtext('dealmesh_crm_swap'), hashtext($1))";
+const SWAP_UNLOCK: &str = "SELECT pg_advisory_unlock(hashtext('dealmesh_crm_swap'), hashtext($1))";
 
 /// The channel a swap notifies, with the retired schema's name as payload.
 pub fn swap_channel(live_schema: &str) -> String {
@@ -182,7 +179,7 @@ async fn swap(
     // the last catch-up needs): the advisory lock belongs to it.
     let lock_pool = replay::connect_existing(&settings.database_url, live).await?;
     let mut session = lock_pool.acquire().await?;
-    sqlx::query(swap_lock_sql(false))
+    sqlx::query(SWAP_LOCK)
         .bind(live)
         .execute(&mut *session)
         .await?;
@@ -218,7 +215,7 @@ async fn swap(
     .await;
     // Released whatever happened; a failed swap rolled back and left both
     // schemas as they were.
-    sqlx::query("SELECT pg_advisory_unlock(hashtext('dealmesh_crm_swap'), hashtext($1))")
+    sqlx::query(SWAP_UNLOCK)
         .bind(live)
         .execute(&mut *session)
         .await?;

@@ -97,6 +97,10 @@ pub struct ReplaySettings {
     pub batch_size: usize,
     /// Only events that occurred at or before this time.
     pub as_of: Option<DateTime<Utc>>,
+    /// Stop each partition before this offset instead of at its end (a
+    /// partition not listed is not read): to rebuild exactly what another
+    /// read model has projected.
+    pub until: Option<BTreeMap<i32, i64>>,
 }
 
 /// Counters a progress display reads while a replay runs.
@@ -245,6 +249,13 @@ pub async fn replay(
         return Err(error);
     }
     settle_merges(pool).await?;
+    if settings.as_of.is_some() {
+        // Records after the instant were left out, so a hash chain over
+        // what was projected would not be the log's: a snapshot keeps none.
+        sqlx::query("DELETE FROM projector_checkpoints")
+            .execute(pool)
+            .await?;
+    }
     tracing::info!(
         records = report.records,
         applied = report.batch.applied,
@@ -350,6 +361,19 @@ async fn replay_partition(
     .bind(partition)
     .fetch_optional(pool)
     .await?;
+    let mut report = ReplayReport {
+        partitions: 1,
+        ..Default::default()
+    };
+    let mut next_offset = stored.unwrap_or(0);
+    let stop = settings
+        .until
+        .as_ref()
+        .map(|until| until.get(&partition).copied().unwrap_or(0));
+    if stop.is_some_and(|stop| next_offset >= stop) {
+        report.end_offsets.insert(partition, next_offset);
+        return Ok(report);
+    }
     let consumer = consumer(&settings.kafka)?;
     let mut list = TopicPartitionList::new();
     list.add_partition_offset(
@@ -358,12 +382,7 @@ async fn replay_partition(
         stored.map_or(Offset::Beginning, Offset::Offset),
     )?;
     consumer.assign(&list)?;
-    let mut report = ReplayReport {
-        partitions: 1,
-        ..Default::default()
-    };
     let mut batch: Vec<OwnedMessage> = Vec::with_capacity(settings.batch_size);
-    let mut next_offset = stored.unwrap_or(0);
     loop {
         let received = tokio::time::timeout(STALL_TIMEOUT, consumer.recv()).await;
         let message = match received {
@@ -381,6 +400,9 @@ async fn replay_partition(
         if message.partition() != partition {
             continue;
         }
+        if stop.is_some_and(|stop| message.offset() >= stop) {
+            break;
+        }
         report.records += 1;
         progress.done.fetch_add(1, Ordering::Relaxed);
         next_offset = message.offset() + 1;
@@ -394,6 +416,9 @@ async fn replay_partition(
         if batch.len() >= settings.batch_size {
             project(projector, partition, &batch, &mut report.batch).await?;
             batch.clear();
+        }
+        if stop.is_some_and(|stop| next_offset >= stop) {
+            break;
         }
     }
     if !batch.is_empty() {
@@ -571,4 +596,18 @@ pub fn parse_as_of(value: &str) -> Result<DateTime<Utc>, Error> {
             value: value.to_owned(),
             reason: e.to_string(),
         })
+}
+
+impl Error {
+    /// The process exit status (sysexits.h): 64 bad arguments (a bad time
+    /// or name, a schema that exists), 66 no such database or topic, 69
+    /// PostgreSQL or the broker unavailable, 70 anything else.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Error::BadSchema(_) | Error::BadAsOf { .. } | Error::SchemaExists(_) => 64,
+            Error::NoDatabase(_) | Error::NoTopic(_) => 66,
+            Error::Connect(_) | Error::Kafka(_) | Error::Stalled { .. } => 69,
+            Error::Database(_) | Error::Project { .. } | Error::Setup(_) | Error::Task(_) => 70,
+        }
+    }
 }

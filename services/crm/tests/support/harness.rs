@@ -64,6 +64,7 @@ impl Harness {
             initial_stage: crate::story::INITIAL_STAGE.to_owned(),
             batch_size: 7,
             as_of: None,
+            until: None,
         }
     }
 
