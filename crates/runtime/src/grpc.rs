@@ -1,6 +1,8 @@
 //! gRPC plumbing shared by every server: health checking, reflection, and
 //! `INVALID_ARGUMENT` statuses with `google.rpc.BadRequest` field violations.
 
+use futures::{Stream, StreamExt};
+use tokio::net::{TcpListener, TcpStream};
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, FieldViolation, StatusExt};
 
@@ -89,4 +91,19 @@ pub fn reflection(
         )
     };
     Ok((builder().build_v1()?, builder().build_v1alpha()?))
+}
+
+/// The connections `listener` accepts, with `TCP_NODELAY` set, for
+/// `serve_with_incoming_shutdown`. tonic sets nodelay only on listeners it
+/// binds itself; without it a small unary answer can wait ~40 ms for a
+/// delayed ACK (Nagle's algorithm).
+pub fn incoming(listener: TcpListener) -> impl Stream<Item = std::io::Result<TcpStream>> {
+    tokio_stream::wrappers::TcpListenerStream::new(listener).map(|stream| {
+        if let Ok(stream) = &stream
+            && let Err(error) = stream.set_nodelay(true)
+        {
+            tracing::debug!(%error, "cannot set TCP_NODELAY");
+        }
+        stream
+    })
 }

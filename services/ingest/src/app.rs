@@ -148,7 +148,7 @@ impl App {
                 .add_service(reflection_v1alpha)
                 .add_service(api)
                 .serve_with_incoming_shutdown(
-                    tokio_stream::wrappers::TcpListenerStream::new(self.grpc_listener),
+                    dealmesh_runtime::grpc::incoming(self.grpc_listener),
                     async move { stop.cancelled().await },
                 )
         };
