@@ -58,10 +58,11 @@ def env_of(container: dict) -> dict[str, dict]:
 # --- lint, render, schemas ---------------------------------------------------
 
 
+@pytest.mark.parametrize("kube_version", ["v1.29.0", "v" + KUBE_VERSIONS[-1]])
 @pytest.mark.parametrize("values", value_sets(), ids=lambda v: v[0])
-def test_lint_is_clean(values):
+def test_lint_is_clean(values, kube_version):
     name, vals = values
-    report = helm.lint(str(CHART), vals, strict=True, namespace="deals")
+    report = helm.lint(str(CHART), vals, strict=True, namespace="deals", kube_version=kube_version)
     problems = [m for m in report["messages"] if m["severity"] >= 2] + report["errors"]
     assert not problems, problems
 
