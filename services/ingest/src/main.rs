@@ -8,8 +8,8 @@ use clap::{Parser, Subcommand};
 use dealmesh_ingest::app::{self, App};
 use dealmesh_ingest::config::IngestConfig;
 use dealmesh_ingest::csv_import;
+use dealmesh_runtime::launch;
 use dealmesh_runtime::shutdown::{self, CancellationToken};
-use dealmesh_runtime::telemetry::{self, TelemetryConfig};
 
 #[derive(Parser)]
 #[command(
@@ -81,79 +81,37 @@ fn main() -> ExitCode {
     if let Command::Submit { .. } = &cli.command {
         return submit(cli.command);
     }
-    let source = match dealmesh_runtime::config::from_environment() {
-        Ok(source) => source,
-        Err(error) => return config_error(&error),
-    };
-    let telemetry_config = match TelemetryConfig::from_source(&source, "dealmesh-ingest") {
-        Ok(c) => c,
-        Err(error) => return config_error(&error),
-    };
-    let _telemetry = match telemetry::init(&telemetry_config) {
-        Ok(guard) => guard,
-        Err(error) => {
-            eprintln!("dealmesh-ingest: telemetry: {error:#}");
-            return ExitCode::from(70);
-        }
-    };
-    let config = match IngestConfig::from_source(&source) {
-        Ok(c) => c,
-        Err(error) => return config_error(&error),
-    };
-    tracing::info!(config = ?config, "effective configuration");
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(error) => return runtime_error(&error),
-    };
-    let result = runtime.block_on(async move {
-        match cli.command {
-            Command::Serve => serve(config).await,
-            Command::Migrate => {
-                let pool = app::connect(&config).await?;
-                app::MIGRATOR.run(&pool).await?;
-                tracing::info!("migrations applied");
-                Ok(ExitCode::SUCCESS)
+    launch::run(
+        "dealmesh-ingest",
+        IngestConfig::from_source,
+        |config| async move {
+            match cli.command {
+                Command::Serve => {
+                    let grace = config.shutdown_grace;
+                    let app = App::build(config).await?;
+                    launch::serve(grace, |shutdown| app.run(shutdown)).await
+                }
+                Command::Migrate => {
+                    let pool = app::connect(&config).await?;
+                    app::MIGRATOR.run(&pool).await?;
+                    tracing::info!("migrations applied");
+                    Ok(ExitCode::SUCCESS)
+                }
+                Command::Topics => {
+                    let topics = dealmesh_eventlog::topics::provision(&config.kafka).await?;
+                    tracing::info!(deals = %topics.deals, dead_letter = %topics.dead_letter, "topics ready");
+                    Ok(ExitCode::SUCCESS)
+                }
+                Command::Import {
+                    file,
+                    source,
+                    partial,
+                } => import(config, file, source, partial).await,
+                Command::Poll { provider } => poll(config, provider).await,
+                Command::Submit { .. } => unreachable!("handled before configuration is read"),
             }
-            Command::Topics => {
-                let topics = dealmesh_eventlog::topics::provision(&config.kafka).await?;
-                tracing::info!(deals = %topics.deals, dead_letter = %topics.dead_letter, "topics ready");
-                Ok(ExitCode::SUCCESS)
-            }
-            Command::Import { file, source, partial } => import(config, file, source, partial).await,
-            Command::Poll { provider } => poll(config, provider).await,
-            Command::Submit { .. } => unreachable!("handled before configuration is read"),
-        }
-    });
-    match result {
-        Ok(code) => code,
-        Err(error) => {
-            tracing::error!(error = format!("{error:#}"), "failed");
-            eprintln!("dealmesh-ingest: {error:#}");
-            ExitCode::FAILURE
-        }
-    }
-}
-
-fn config_error(error: &dealmesh_runtime::config::ConfigError) -> ExitCode {
-    eprintln!("dealmesh-ingest: configuration: {error}");
-    ExitCode::from(dealmesh_runtime::EXIT_CONFIG as u8)
-}
-
-async fn serve(config: IngestConfig) -> anyhow::Result<ExitCode> {
-    let grace = config.shutdown_grace;
-    let app = App::build(config).await?;
-    let token = CancellationToken::new();
-    shutdown::cancel_on_signal(token.clone());
-    let run = tokio::spawn(app.run(token.clone()));
-    token.cancelled().await;
-    match tokio::time::timeout(grace, run).await {
-        Ok(joined) => joined??,
-        Err(_) => tracing::warn!(grace_secs = grace.as_secs(), "grace period over, exiting"),
-    }
-    Ok(ExitCode::SUCCESS)
+        },
+    )
 }
 
 async fn import(

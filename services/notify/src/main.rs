@@ -7,8 +7,8 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use dealmesh_notify::app::{self, App};
 use dealmesh_notify::config::NotifyConfig;
-use dealmesh_runtime::shutdown::{self, CancellationToken};
-use dealmesh_runtime::telemetry::{self, TelemetryConfig};
+use dealmesh_runtime::config::{ConfigError, Source};
+use dealmesh_runtime::launch;
 
 #[derive(Parser)]
 #[command(
@@ -50,46 +50,13 @@ fn main() -> ExitCode {
     if let Command::CheckSubscriptions { file, email } = &cli.command {
         return check_subscriptions(file, *email);
     }
-    let source = match dealmesh_runtime::config::from_environment() {
-        Ok(source) => source,
-        Err(error) => return config_error(&error),
-    };
-    let telemetry_config = match TelemetryConfig::from_source(&source, "dealmesh-notify") {
-        Ok(c) => c,
-        Err(error) => return config_error(&error),
-    };
-    let _telemetry = match telemetry::init(&telemetry_config) {
-        Ok(guard) => guard,
-        Err(error) => {
-            eprintln!("dealmesh-notify: telemetry: {error:#}");
-            return ExitCode::from(70);
-        }
-    };
-    let config = match NotifyConfig::from_source(&source) {
-        Ok(c) => c,
-        Err(error) => return config_error(&error),
-    };
-    tracing::info!(config = ?config, "effective configuration");
-    if let Err(error) = app::configured_subscriptions(&config) {
-        eprintln!(
-            "dealmesh-notify: configuration: {}:\n{error}",
-            dealmesh_notify::config::SUBSCRIPTIONS_FILE
-        );
-        return ExitCode::from(dealmesh_runtime::EXIT_CONFIG as u8);
-    }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(error) => {
-            eprintln!("dealmesh-notify: cannot start runtime: {error}");
-            return ExitCode::from(70);
-        }
-    };
-    let result = runtime.block_on(async move {
+    launch::run("dealmesh-notify", parse_config, |config| async move {
         match cli.command {
-            Command::Serve => serve(config).await,
+            Command::Serve => {
+                let grace = config.shutdown_grace;
+                let app = App::build(config).await?;
+                launch::serve(grace, |shutdown| app.run(shutdown)).await
+            }
             Command::Migrate => {
                 let pool = app::connect(&config).await?;
                 app::MIGRATOR.run(&pool).await?;
@@ -110,34 +77,20 @@ fn main() -> ExitCode {
             }
             Command::CheckSubscriptions { .. } => Ok(ExitCode::SUCCESS),
         }
-    });
-    match result {
-        Ok(code) => code,
-        Err(error) => {
-            tracing::error!(error = format!("{error:#}"), "failed");
-            eprintln!("dealmesh-notify: {error:#}");
-            ExitCode::FAILURE
-        }
-    }
+    })
 }
 
-fn config_error(error: &dealmesh_runtime::config::ConfigError) -> ExitCode {
-    eprintln!("dealmesh-notify: configuration: {error}");
-    ExitCode::from(dealmesh_runtime::EXIT_CONFIG as u8)
-}
-
-async fn serve(config: NotifyConfig) -> anyhow::Result<ExitCode> {
-    let grace = config.shutdown_grace;
-    let app = App::build(config).await?;
-    let token = CancellationToken::new();
-    shutdown::cancel_on_signal(token.clone());
-    let run = tokio::spawn(app.run(token.clone()));
-    token.cancelled().await;
-    match tokio::time::timeout(grace, run).await {
-        Ok(joined) => joined??,
-        Err(_) => tracing::warn!(grace_secs = grace.as_secs(), "grace period over, exiting"),
-    }
-    Ok(ExitCode::SUCCESS)
+/// The configuration, with the subscriptions file checked up front: a bad
+/// file stops the service before it connects to anything.
+fn parse_config(source: &dyn Source) -> Result<NotifyConfig, ConfigError> {
+    let config = NotifyConfig::from_source(source)?;
+    app::configured_subscriptions(&config).map_err(|error| {
+        ConfigError::new(
+            dealmesh_notify::config::SUBSCRIPTIONS_FILE,
+            format!("\n{error:#}"),
+        )
+    })?;
+    Ok(config)
 }
 
 fn check_subscriptions(file: &std::path::Path, email: bool) -> ExitCode {
