@@ -86,6 +86,32 @@ async fn two_replays_of_one_log_give_identical_tables() {
     expected.sort();
     assert_eq!(merged, expected);
 
+    // Secondary indexes are dropped while a fresh schema fills and built
+    // again at the end: the replayed schema has every index migrations make.
+    replay::create_schema(&h.db.url, "migrated_only", 1)
+        .await
+        .unwrap()
+        .close()
+        .await;
+    let indexes = |schema: &'static str| {
+        let pool = h.db.pool.clone();
+        async move {
+            sqlx::query_scalar::<_, String>(
+                "SELECT indexdef FROM pg_indexes WHERE schemaname = $1 ORDER BY indexname",
+            )
+            .bind(schema)
+            .fetch_all(&pool)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|d| d.replace(&format!("{schema}."), ""))
+            .collect::<Vec<_>>()
+        }
+    };
+    let expected = indexes("migrated_only").await;
+    assert!(expected.len() > 15, "{expected:?}");
+    assert_eq!(indexes("replay_a").await, expected);
+
     // The checksum sees a changed row, and names its table.
     sqlx::query("UPDATE replay_b.notes SET body = body || '!' WHERE note_id = 'note-5'")
         .execute(&h.db.pool)
