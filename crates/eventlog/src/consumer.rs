@@ -1,7 +1,12 @@
 //! The consumer loop every log-reading service runs.
 //!
-//! - Records of one key (one deal) are handled in order, by one lane; records
-//!   of different keys run concurrently on `concurrency` lanes.
+//! - Records of one key (one deal) are handled one at a time, in offset
+//!   order; up to `concurrency` records of different keys run at once. A
+//!   free slot takes the oldest record whose key has nothing in flight, so a
+//!   slow record holds up only its own key, never keys that merely hash
+//!   alike. Records without a key are ordered per partition.
+//! - Fetching pauses while the loop holds `concurrency * lane_capacity`
+//!   records (waiting or in flight), which bounds memory.
 //! - Offsets are committed manually, and only below the lowest unfinished
 //!   record of each partition, so a crash never skips a record.
 //! - Before a rebalance takes partitions away, what is finished on them is
@@ -11,7 +16,7 @@
 //!   `max_attempts` times, goes to the dead-letter topic with the error and
 //!   its origin in headers, and the stream moves on.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::future::Future;
 use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -30,7 +35,7 @@ use rdkafka::consumer::{
 use rdkafka::message::{Header, Message, OwnedHeaders};
 use rdkafka::statistics::Statistics;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
-use tokio::sync::mpsc;
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
@@ -102,9 +107,12 @@ pub trait Handler: Send + Sync + 'static {
 pub struct ConsumerSettings {
     pub group_id: String,
     pub topic: String,
-    /// Lanes handling records concurrently (records of one key share a lane).
+    /// Records handled at once, each of a different key (a key's records
+    /// are handled one at a time, in offset order).
     pub concurrency: usize,
-    /// Records queued per lane before fetching pauses.
+    /// Records held per unit of `concurrency`: fetching pauses while the
+    /// loop holds `concurrency * lane_capacity` records, waiting or in
+    /// flight.
     pub lane_capacity: usize,
     pub commit_interval: Duration,
     /// Attempts for a transiently failing record before it is dead-lettered.
@@ -220,7 +228,9 @@ impl<H: Handler> ConsumerLoop<H> {
     }
 
     /// Runs until `shutdown` is cancelled, then stops fetching, lets the
-    /// lanes finish what they hold, commits, and returns.
+    /// records in flight finish, commits, and returns. Records still waiting
+    /// for their key are not started: they stay uncommitted and are
+    /// redelivered.
     pub async fn run(self, shutdown: CancellationToken) -> Result<()> {
         let tracker = Arc::new(Mutex::new(Tracker::default()));
         let context = LoopContext {
@@ -241,10 +251,8 @@ impl<H: Handler> ConsumerLoop<H> {
         consumer.subscribe(&[self.settings.topic.as_str()])?;
         tracing::info!(group = %self.settings.group_id, topic = %self.settings.topic, "consumer started");
 
-        let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Done>();
-        let lane_count = self.settings.concurrency.max(1);
-        let mut lanes = Vec::with_capacity(lane_count);
-        let mut lane_tasks = Vec::with_capacity(lane_count);
+        let concurrency = self.settings.concurrency.max(1);
+        let capacity = concurrency.saturating_mul(self.settings.lane_capacity.max(1));
         let worker = Arc::new(Worker {
             handler: self.handler.clone(),
             dead_letters: self.dead_letters.clone(),
@@ -252,36 +260,39 @@ impl<H: Handler> ConsumerLoop<H> {
             metrics: self.metrics.clone(),
             shutdown: shutdown.clone(),
         });
-        for _ in 0..lane_count {
-            let (tx, mut rx) = mpsc::channel::<Job>(self.settings.lane_capacity.max(1));
-            let done_tx = done_tx.clone();
-            let worker = worker.clone();
-            lanes.push(tx);
-            lane_tasks.push(tokio::spawn(async move {
-                while let Some(job) = rx.recv().await {
-                    let finished = worker.process(&job.record).await;
-                    if finished {
-                        let _ = done_tx.send(Done {
-                            topic: job.record.topic,
-                            partition: job.record.partition,
-                            offset: job.record.offset,
-                            generation: job.generation,
-                        });
-                    }
-                }
-            }));
-        }
-        drop(done_tx);
+        let mut scheduler = Scheduler::default();
+        let mut running: JoinSet<Finished> = JoinSet::new();
 
         let mut commit_tick = tokio::time::interval(self.settings.commit_interval);
         commit_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            while running.len() < concurrency {
+                let Some(job) = scheduler.next_ready() else {
+                    break;
+                };
+                if lock(&tracker).is_current(&job.record, job.generation) {
+                    let worker = worker.clone();
+                    running.spawn(async move { worker.run(job).await });
+                } else {
+                    // Its partition was revoked while it waited: the new
+                    // owner gets it, and its completion would be ignored.
+                    scheduler.finish(&job.key);
+                }
+            }
             tokio::select! {
                 biased;
                 () = shutdown.cancelled() => break,
-                Some(done) = done_rx.recv() => lock(&tracker).complete(&done),
+                Some(joined) = running.join_next() => match joined {
+                    Ok(finished) => complete(&tracker, &mut scheduler, &finished),
+                    Err(error) => {
+                        // The record stays unfinished, so commits never
+                        // pass it; stop as a whole rather than skip it.
+                        tracing::error!(%error, "handler task failed, consumer stopping");
+                        break;
+                    }
+                },
                 _ = commit_tick.tick() => commit(&consumer, &tracker, CommitMode::Async),
-                message = consumer.recv() => match message {
+                message = consumer.recv(), if scheduler.held() < capacity => match message {
                     Ok(message) => {
                         let record = Record {
                             topic: message.topic().to_owned(),
@@ -294,10 +305,11 @@ impl<H: Handler> ConsumerLoop<H> {
                         };
                         drop(message);
                         let generation = lock(&tracker).dispatch(&record);
-                        let lane = lane_for(&record, lane_count);
-                        if lanes[lane].send(Job { record, generation }).await.is_err() {
-                            break;
-                        }
+                        scheduler.push(Job {
+                            key: OrderKey::of(&record),
+                            record,
+                            generation,
+                        });
                     }
                     Err(error) => {
                         tracing::warn!(%error, "consume failed");
@@ -307,13 +319,16 @@ impl<H: Handler> ConsumerLoop<H> {
             }
         }
 
-        tracing::info!("consumer draining");
-        drop(lanes);
-        while let Some(done) = done_rx.recv().await {
-            lock(&tracker).complete(&done);
-        }
-        for task in lane_tasks {
-            let _ = task.await;
+        tracing::info!(
+            in_flight = running.len(),
+            waiting = scheduler.held().saturating_sub(running.len()),
+            "consumer draining"
+        );
+        while let Some(joined) = running.join_next().await {
+            match joined {
+                Ok(finished) => complete(&tracker, &mut scheduler, &finished),
+                Err(error) => tracing::error!(%error, "handler task failed"),
+            }
         }
         commit(&consumer, &tracker, CommitMode::Sync);
         consumer.unsubscribe();
@@ -322,9 +337,33 @@ impl<H: Handler> ConsumerLoop<H> {
     }
 }
 
+/// What orders records: a key's records are handled one at a time, in
+/// offset order. Records without a key are ordered within their partition.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum OrderKey {
+    Key(Vec<u8>),
+    Partition(String, i32),
+}
+
+impl OrderKey {
+    fn of(record: &Record) -> Self {
+        match &record.key {
+            Some(key) => Self::Key(key.clone()),
+            None => Self::Partition(record.topic.clone(), record.partition),
+        }
+    }
+}
+
 struct Job {
+    key: OrderKey,
     record: Record,
     generation: u64,
+}
+
+/// A job's end: `done` is `None` when shutdown cut it short.
+struct Finished {
+    key: OrderKey,
+    done: Option<Done>,
 }
 
 struct Done {
@@ -334,13 +373,63 @@ struct Done {
     generation: u64,
 }
 
-fn lane_for(record: &Record, lanes: usize) -> usize {
-    let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    match &record.key {
-        Some(key) => key.hash(&mut hasher),
-        None => (record.topic.as_str(), record.partition).hash(&mut hasher),
+fn complete(tracker: &Mutex<Tracker>, scheduler: &mut Scheduler, finished: &Finished) {
+    // A record cut short leaves its key held, so nothing of that key starts
+    // before it (the loop is shutting down anyway).
+    if let Some(done) = &finished.done {
+        lock(tracker).complete(done);
+        scheduler.finish(&finished.key);
     }
-    (hasher.finish() % lanes as u64) as usize
+}
+
+/// Records held by the loop, waiting or in flight, and which may start.
+///
+/// A key is *claimed* while one of its records is ready or in flight; its
+/// later records wait in the key's queue, in offset order, and the next one
+/// becomes ready when the claimed one finishes.
+#[derive(Default)]
+struct Scheduler {
+    /// Records that may start, oldest first; at most one per key.
+    ready: VecDeque<Job>,
+    /// Every claimed key, with the records waiting behind its claimed one.
+    waiting: HashMap<OrderKey, VecDeque<Job>>,
+    /// Records pushed and not yet finished.
+    held: usize,
+}
+
+impl Scheduler {
+    fn push(&mut self, job: Job) {
+        self.held += 1;
+        match self.waiting.get_mut(&job.key) {
+            Some(queue) => queue.push_back(job),
+            None => {
+                self.waiting.insert(job.key.clone(), VecDeque::new());
+                self.ready.push_back(job);
+            }
+        }
+    }
+
+    fn next_ready(&mut self) -> Option<Job> {
+        self.ready.pop_front()
+    }
+
+    /// The claimed record of `key` is finished: its next one becomes ready.
+    fn finish(&mut self, key: &OrderKey) {
+        let Some(queue) = self.waiting.get_mut(key) else {
+            return;
+        };
+        self.held = self.held.saturating_sub(1);
+        match queue.pop_front() {
+            Some(next) => self.ready.push_back(next),
+            None => {
+                self.waiting.remove(key);
+            }
+        }
+    }
+
+    fn held(&self) -> usize {
+        self.held
+    }
 }
 
 struct Worker<H> {
@@ -352,6 +441,16 @@ struct Worker<H> {
 }
 
 impl<H: Handler> Worker<H> {
+    async fn run(&self, job: Job) -> Finished {
+        let done = self.process(&job.record).await.then_some(Done {
+            topic: job.record.topic,
+            partition: job.record.partition,
+            offset: job.record.offset,
+            generation: job.generation,
+        });
+        Finished { key: job.key, done }
+    }
+
     /// Handles one record to a final outcome. Returns false if shutdown cut
     /// it short: the record is then left uncommitted, to be redelivered.
     async fn process(&self, record: &Record) -> bool {
@@ -527,6 +626,14 @@ impl Tracker {
         state.generation
     }
 
+    /// Whether a record dispatched under `generation` is still ours: false
+    /// once its partition has been revoked.
+    fn is_current(&self, record: &Record, generation: u64) -> bool {
+        self.partitions
+            .get(&(record.topic.clone(), record.partition))
+            .is_some_and(|state| state.generation == generation)
+    }
+
     fn complete(&mut self, done: &Done) {
         if let Some(state) = self
             .partitions
@@ -695,6 +802,72 @@ mod tests {
             generation: old,
         });
         assert_eq!(offsets(&tracker.committable(None)), [(1, 5)]);
+    }
+
+    fn job(key: Option<&str>, partition: i32, offset: i64) -> Job {
+        let mut record = record(partition, offset);
+        record.key = key.map(|k| k.as_bytes().to_vec());
+        Job {
+            key: OrderKey::of(&record),
+            record,
+            generation: 1,
+        }
+    }
+
+    fn start(scheduler: &mut Scheduler) -> Vec<(i32, i64)> {
+        std::iter::from_fn(|| scheduler.next_ready())
+            .map(|job| (job.record.partition, job.record.offset))
+            .collect()
+    }
+
+    #[test]
+    fn a_busy_key_holds_up_only_its_own_records() {
+        let mut scheduler = Scheduler::default();
+        for (key, offset) in [("a", 0), ("a", 1), ("b", 2), ("a", 3), ("c", 4), ("b", 5)] {
+            scheduler.push(job(Some(key), 0, offset));
+        }
+        assert_eq!(scheduler.held(), 6);
+        // One record per key may start; the others wait for their key.
+        assert_eq!(start(&mut scheduler), [(0, 0), (0, 2), (0, 4)]);
+        // "b" finishes while "a" is still busy: only "b" moves on.
+        scheduler.finish(&OrderKey::Key(b"b".to_vec()));
+        assert_eq!(start(&mut scheduler), [(0, 5)]);
+        scheduler.finish(&OrderKey::Key(b"a".to_vec()));
+        assert_eq!(start(&mut scheduler), [(0, 1)]);
+        scheduler.finish(&OrderKey::Key(b"a".to_vec()));
+        assert_eq!(start(&mut scheduler), [(0, 3)]);
+        for key in ["a", "b", "c"] {
+            scheduler.finish(&OrderKey::Key(key.as_bytes().to_vec()));
+        }
+        assert_eq!(scheduler.held(), 0);
+        assert!(scheduler.waiting.is_empty());
+        assert!(start(&mut scheduler).is_empty());
+    }
+
+    #[test]
+    fn records_without_a_key_are_ordered_per_partition() {
+        let mut scheduler = Scheduler::default();
+        for (partition, offset) in [(0, 0), (0, 1), (1, 0), (1, 1)] {
+            scheduler.push(job(None, partition, offset));
+        }
+        assert_eq!(start(&mut scheduler), [(0, 0), (1, 0)]);
+        scheduler.finish(&OrderKey::Partition("t".into(), 1));
+        assert_eq!(start(&mut scheduler), [(1, 1)]);
+        assert_eq!(scheduler.held(), 3);
+    }
+
+    #[test]
+    fn a_revoked_partition_makes_its_waiting_records_stale() {
+        let mut tracker = Tracker::default();
+        let old = tracker.dispatch(&record(2, 7));
+        assert!(tracker.is_current(&record(2, 7), old));
+        let mut revoked = TopicPartitionList::new();
+        revoked.add_partition("t", 2);
+        tracker.forget(&revoked);
+        assert!(!tracker.is_current(&record(2, 7), old));
+        let new = tracker.dispatch(&record(2, 7));
+        assert!(tracker.is_current(&record(2, 7), new));
+        assert!(!tracker.is_current(&record(2, 7), old));
     }
 
     #[test]

@@ -1,12 +1,14 @@
 //! The consumer loop against the real broker: dead letters, resuming from
 //! committed offsets, committing before a rebalance takes partitions away,
-//! and per-key order under concurrency.
+//! per-key order under concurrency, and a slow record holding up only its
+//! own key.
 //!
 //! Every test has its own topics and consumer group. Nothing here sleeps to
 //! wait for the loop: tests poll for the outcome they expect, with a
 //! deadline.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -716,6 +718,199 @@ impl Handler for Ordered {
         tokio::time::sleep(Duration::from_millis((record.offset % 4) as u64)).await;
         self.handled.push(Seen::of(record, &event));
         self.in_flight.fetch_sub(1, Ordering::SeqCst);
+        Ok(())
+    }
+}
+
+/// The name of the record [`Watched`] holds until its release.
+const HELD_UNTIL_RELEASED: &str = "held until released";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_slow_record_holds_up_only_its_own_key() {
+    const CONCURRENCY: usize = 4;
+    let fixture = Fixture::new(1).await;
+    let slow = "deal-slow";
+    // Keys that per-key hashing put on the slow key's lane (and so behind
+    // its record) when each key had a fixed lane, plus keys of other lanes.
+    let neighbours: Vec<String> = (0..)
+        .map(|i| format!("deal-{i}"))
+        .filter(|key| hashed_lane(key, CONCURRENCY) == hashed_lane(slow, CONCURRENCY))
+        .take(4)
+        .collect();
+    let others: Vec<String> = (0..)
+        .map(|i| format!("deal-{i}"))
+        .filter(|key| hashed_lane(key, CONCURRENCY) != hashed_lane(slow, CONCURRENCY))
+        .take(8)
+        .collect();
+    let mut events = vec![
+        event(slow, HELD_UNTIL_RELEASED),
+        event(slow, "slow #1"),
+        event(slow, "slow #2"),
+    ];
+    for i in 0..3 {
+        for key in neighbours.iter().chain(&others) {
+            events.push(event(key, &format!("{key} #{i}")));
+        }
+    }
+    let deliveries = fixture.publish(&events).await;
+    let expected = offsets_by_key(&events, &deliveries);
+
+    let handler = Watched::default();
+    let mut settings = fixture.settings();
+    settings.concurrency = CONCURRENCY;
+    settings.lane_capacity = 4;
+    let (token, task) = fixture.start(settings, handler.clone());
+
+    let other_records = events.len() - 3;
+    eventually(
+        "every record of the other keys is handled while the slow one is held",
+        || {
+            let handled = handler.handled.snapshot();
+            handled.iter().filter(|seen| seen.key != slow).count() == other_records
+        },
+    )
+    .await;
+    assert!(
+        handler.held_started.is_cancelled(),
+        "the slow record was started"
+    );
+    let slow_handled: Vec<Seen> = handler
+        .handled
+        .snapshot()
+        .into_iter()
+        .filter(|seen| seen.key == slow)
+        .collect();
+    assert!(
+        slow_handled.is_empty(),
+        "records of the slow key ran before the held one finished: {slow_handled:?}"
+    );
+
+    handler.release.cancel();
+    eventually("every record is handled after the release", || {
+        handler.handled.len() == events.len()
+    })
+    .await;
+    stop(token, task).await;
+
+    assert_eq!(
+        handler.handled_offsets(),
+        expected,
+        "each key's records are handled once, in the order they were written"
+    );
+    handler.assert_key_exclusive_and_bounded(CONCURRENCY);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn many_keys_keep_their_order_through_a_small_window() {
+    const CONCURRENCY: usize = 4;
+    let fixture = Fixture::new(2).await;
+    let keys: Vec<String> = (0..48).map(|k| format!("deal-{k}")).collect();
+    let events: Vec<DealEvent> = (0..6)
+        .flat_map(|i| {
+            keys.iter()
+                .map(move |key| event(key, &format!("{key} #{i}")))
+        })
+        .collect();
+    let deliveries = fixture.publish(&events).await;
+    let expected = offsets_by_key(&events, &deliveries);
+
+    let handler = Watched::default();
+    let mut settings = fixture.settings();
+    settings.concurrency = CONCURRENCY;
+    // The loop holds at most 8 records, fewer than there are keys, so it
+    // keeps pausing and resuming fetches.
+    settings.lane_capacity = 2;
+    let (token, task) = fixture.start(settings, handler.clone());
+    eventually("every record is handled", || {
+        handler.handled.len() >= events.len()
+    })
+    .await;
+    stop(token, task).await;
+
+    assert_eq!(
+        handler.handled_offsets(),
+        expected,
+        "each key's records are handled once, in the order they were written"
+    );
+    handler.assert_key_exclusive_and_bounded(CONCURRENCY);
+}
+
+/// The lane a key was given when every key had a fixed lane: a hash of the
+/// key modulo the lane count.
+fn hashed_lane(key: &str, lanes: usize) -> usize {
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    key.as_bytes().to_vec().hash(&mut hasher);
+    (hasher.finish() % lanes as u64) as usize
+}
+
+/// The offsets of each key's records, in the order they were written.
+fn offsets_by_key(events: &[DealEvent], deliveries: &[Delivery]) -> BTreeMap<String, Vec<i64>> {
+    let mut expected: BTreeMap<String, Vec<i64>> = BTreeMap::new();
+    for (event, delivery) in events.iter().zip(deliveries) {
+        expected
+            .entry(event.deal_id.clone())
+            .or_default()
+            .push(delivery.offset);
+    }
+    expected
+}
+
+/// Takes 0-3 ms per record, holds the record named
+/// [`HELD_UNTIL_RELEASED`] until `release` is cancelled, and watches that
+/// no two records of a key run at once and how many run in all.
+#[derive(Clone, Default)]
+struct Watched {
+    handled: Log,
+    release: CancellationToken,
+    held_started: CancellationToken,
+    running_keys: Arc<Mutex<BTreeSet<String>>>,
+    overlaps: Arc<Mutex<Vec<Seen>>>,
+    in_flight: Arc<AtomicUsize>,
+    max_in_flight: Arc<AtomicUsize>,
+}
+
+impl Watched {
+    fn handled_offsets(&self) -> BTreeMap<String, Vec<i64>> {
+        let mut handled: BTreeMap<String, Vec<i64>> = BTreeMap::new();
+        for seen in self.handled.snapshot() {
+            handled.entry(seen.key).or_default().push(seen.offset);
+        }
+        handled
+    }
+
+    fn assert_key_exclusive_and_bounded(&self, concurrency: usize) {
+        let overlaps = self.overlaps.lock().unwrap().clone();
+        assert!(
+            overlaps.is_empty(),
+            "records started while another record of their key was running: {overlaps:?}"
+        );
+        let max = self.max_in_flight.load(Ordering::SeqCst);
+        assert!(
+            max > 1 && max <= concurrency,
+            "{max} records ran at once, expected between 2 and {concurrency}"
+        );
+    }
+}
+
+impl Handler for Watched {
+    async fn handle(&self, record: &Record) -> Result<(), HandleError> {
+        let event = record.event()?;
+        let seen = Seen::of(record, &event);
+        if !self.running_keys.lock().unwrap().insert(seen.key.clone()) {
+            self.overlaps.lock().unwrap().push(seen.clone());
+        }
+        let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        self.max_in_flight.fetch_max(now, Ordering::SeqCst);
+        if seen.name == HELD_UNTIL_RELEASED {
+            self.held_started.cancel();
+            self.release.cancelled().await;
+        } else {
+            // Simulated work of 0-3 ms.
+            tokio::time::sleep(Duration::from_millis((record.offset % 4) as u64)).await;
+        }
+        self.in_flight.fetch_sub(1, Ordering::SeqCst);
+        self.running_keys.lock().unwrap().remove(&seen.key);
+        self.handled.push(seen);
         Ok(())
     }
 }
