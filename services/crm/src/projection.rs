@@ -83,6 +83,77 @@ struct DealState {
     updated_at: DateTime<Utc>,
     last_event_id: String,
     dirty: bool,
+    /// The row is not in `deals` yet: it is inserted when the batch writes.
+    new: bool,
+    patch: DealPatch,
+}
+
+impl DealState {
+    fn new_row(stage: String, updated_at: DateTime<Utc>, last_event_id: String) -> Self {
+        Self {
+            version: 0,
+            stage,
+            updated_at,
+            last_event_id,
+            dirty: true,
+            new: true,
+            patch: DealPatch::default(),
+        }
+    }
+}
+
+/// The columns the batch's events set on one deal, merged in event order
+/// (the last event to set a column wins, as if written one by one) and
+/// written once; `None` leaves the column as it is.
+#[derive(Debug, Clone, Default)]
+struct DealPatch {
+    name: Option<String>,
+    website: Option<String>,
+    github_owner: Option<String>,
+    github_repo: Option<String>,
+    description: Option<String>,
+    company_key: Option<String>,
+    /// The first time the deal was sourced; kept only if the row has none.
+    sourced_at: Option<DateTime<Utc>>,
+    owner_id: Option<String>,
+    score: Option<f64>,
+    score_model_version: Option<String>,
+    score_detail: Option<Vec<u8>>,
+    score_event_id: Option<String>,
+    sector: Option<String>,
+    summary: Option<String>,
+    business_model: Option<String>,
+    risks: Option<Vec<String>>,
+    enrichment: Option<Vec<u8>>,
+    enrichment_error: Option<String>,
+    /// Set when the deal was archived, with the reason.
+    archived_reason: Option<String>,
+}
+
+/// A `deal_sources` row: the last event to see a source wins.
+type Sources = BTreeMap<(String, String, String), (String, Option<DateTime<Utc>>, String)>;
+
+/// A `stage_history` row.
+struct StageRow {
+    event_id: String,
+    deal_id: String,
+    from_stage: String,
+    to_stage: String,
+    reason: String,
+    actor_id: String,
+    actor_role: i32,
+    changed_at: Option<DateTime<Utc>>,
+}
+
+/// A `notes` row.
+struct NoteRow {
+    note_id: String,
+    deal_id: String,
+    body: String,
+    author_id: String,
+    author_role: i32,
+    event_id: String,
+    created_at: Option<DateTime<Utc>>,
 }
 
 #[derive(sqlx::FromRow)]
@@ -115,9 +186,13 @@ struct EventRow {
     deal_version: i64,
 }
 
-/// Applies a batch of events inside the caller's transaction. Per event
-/// only its own effects are written; the dedup lookup, the deal versions and
-/// the `events` rows are read and written once per batch.
+/// Applies a batch of events inside the caller's transaction. The dedup
+/// lookup and the deal lock are one read per batch; the deals' columns, their
+/// sources, stage history, notes, provenance and the `events` rows are kept
+/// in memory while the batch applies (later events decide on the state the
+/// earlier ones left) and written with one statement per table at the end.
+/// Votes, shares and merges, which read what they write, still go to the
+/// database per event.
 pub struct Batch {
     initial_stage: String,
     /// Event ids already in `events`, or earlier in this batch.
@@ -125,6 +200,11 @@ pub struct Batch {
     deals: HashMap<String, DealState>,
     rows: Vec<EventRow>,
     provenance: Provenance,
+    sources: Sources,
+    stages: Vec<StageRow>,
+    notes: Vec<NoteRow>,
+    /// Note ids in `notes` order, so the first note with an id wins.
+    note_ids: HashSet<String>,
 }
 
 impl Batch {
@@ -163,6 +243,8 @@ impl Batch {
                     updated_at,
                     last_event_id,
                     dirty: false,
+                    new: false,
+                    patch: DealPatch::default(),
                 },
             )
         })
@@ -173,6 +255,10 @@ impl Batch {
             deals,
             rows: Vec::with_capacity(events.len()),
             provenance: Provenance::new(),
+            sources: Sources::new(),
+            stages: Vec::new(),
+            notes: Vec::new(),
+            note_ids: HashSet::new(),
         })
     }
 
@@ -226,8 +312,11 @@ impl Batch {
         Ok(decision)
     }
 
-    /// Writes the deals' versions and the batch's `events` rows.
-    pub async fn finish(self, conn: &mut PgConnection) -> Result<(), sqlx::Error> {
+    /// Writes what the batch kept in memory: the deals, their sources, stage
+    /// history, notes and provenance, and the `events` rows.
+    pub async fn finish(mut self, conn: &mut PgConnection) -> Result<(), sqlx::Error> {
+        self.write_deals(conn).await?;
+        self.write_children(conn).await?;
         if !self.provenance.is_empty() {
             let p = &self.provenance;
             sqlx::query(
@@ -244,28 +333,6 @@ impl Batch {
             .bind(p.values().map(|v| v.1.as_str()).collect::<Vec<_>>())
             .bind(p.values().map(|v| v.2.as_str()).collect::<Vec<_>>())
             .bind(p.values().map(|v| v.3).collect::<Vec<_>>())
-            .execute(&mut *conn)
-            .await?;
-        }
-        let dirty: Vec<(&String, &DealState)> =
-            self.deals.iter().filter(|(_, d)| d.dirty).collect();
-        if !dirty.is_empty() {
-            sqlx::query(
-                "UPDATE deals d SET version = u.version, updated_at = u.updated_at,
-                     last_event_id = u.last_event_id
-                 FROM UNNEST($1::text[], $2::bigint[], $3::timestamptz[], $4::text[])
-                     AS u(deal_id, version, updated_at, last_event_id)
-                 WHERE d.deal_id = u.deal_id",
-            )
-            .bind(dirty.iter().map(|(id, _)| id.as_str()).collect::<Vec<_>>())
-            .bind(dirty.iter().map(|(_, d)| d.version).collect::<Vec<_>>())
-            .bind(dirty.iter().map(|(_, d)| d.updated_at).collect::<Vec<_>>())
-            .bind(
-                dirty
-                    .iter()
-                    .map(|(_, d)| d.last_event_id.as_str())
-                    .collect::<Vec<_>>(),
-            )
             .execute(&mut *conn)
             .await?;
         }
@@ -322,6 +389,206 @@ impl Batch {
         Ok(())
     }
 
+    /// Writes the deals the batch changed: one statement inserting the new
+    /// rows and updating the others, each deal once.
+    async fn write_deals(&mut self, conn: &mut PgConnection) -> Result<(), sqlx::Error> {
+        let mut dirty: Vec<(&String, &DealState)> =
+            self.deals.iter().filter(|(_, d)| d.dirty).collect();
+        if dirty.is_empty() {
+            return Ok(());
+        }
+        // In id order, like the lock, so two projectors cannot deadlock.
+        dirty.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        let risks = dirty
+            .iter()
+            .map(|(_, d)| {
+                d.patch
+                    .risks
+                    .as_ref()
+                    .map(|r| serde_json::json!(r).to_string())
+            })
+            .collect::<Vec<_>>();
+        macro_rules! column {
+            ($field:ident) => {
+                dirty
+                    .iter()
+                    .map(|(_, d)| d.patch.$field.as_deref())
+                    .collect::<Vec<_>>()
+            };
+        }
+        sqlx::query(
+            "WITH u AS (
+                 SELECT * FROM UNNEST($1::text[], $2::bool[], $3::bigint[], $4::text[],
+                     $5::timestamptz[], $6::text[], $7::text[], $8::text[], $9::text[],
+                     $10::text[], $11::text[], $12::text[], $13::timestamptz[], $14::text[],
+                     $15::float8[], $16::text[], $17::bytea[], $18::text[], $19::text[],
+                     $20::text[], $21::text[], $22::text[], $23::bytea[], $24::text[],
+                     $25::text[])
+                 AS u(deal_id, is_new, version, stage, updated_at, last_event_id, name, website,
+                     github_owner, github_repo, description, company_key, sourced_at, owner_id,
+                     score, score_model_version, score_detail, score_event_id, sector, summary,
+                     business_model, risks, enrichment, enrichment_error, archived_reason)
+             ), inserted AS (
+                 INSERT INTO deals (deal_id, version, stage, updated_at, last_event_id, name,
+                     website, github_owner, github_repo, description, company_key, sourced_at,
+                     owner_id, score, score_model_version, score_detail, score_event_id, sector,
+                     summary, business_model, risks, enrichment, enrichment_error, archived,
+                     archived_reason)
+                 SELECT deal_id, version, stage, updated_at, last_event_id, coalesce(name, ''),
+                     coalesce(website, ''), coalesce(github_owner, ''),
+                     coalesce(github_repo, ''), coalesce(description, ''),
+                     coalesce(company_key, ''), sourced_at, coalesce(owner_id, ''), score,
+                     coalesce(score_model_version, ''), score_detail,
+                     coalesce(score_event_id, ''), coalesce(sector, ''), coalesce(summary, ''),
+                     coalesce(business_model, ''),
+                     CASE WHEN risks IS NULL THEN '{}'::text[] ELSE ARRAY(
+                         SELECT r FROM jsonb_array_elements_text(risks::jsonb)
+                             WITH ORDINALITY AS t(r, i) ORDER BY i) END,
+                     enrichment, coalesce(enrichment_error, ''), archived_reason IS NOT NULL,
+                     coalesce(archived_reason, '')
+                 FROM u WHERE is_new
+             )
+             UPDATE deals d SET version = u.version, stage = u.stage,
+                 updated_at = u.updated_at, last_event_id = u.last_event_id,
+                 name = coalesce(u.name, d.name), website = coalesce(u.website, d.website),
+                 github_owner = coalesce(u.github_owner, d.github_owner),
+                 github_repo = coalesce(u.github_repo, d.github_repo),
+                 description = coalesce(u.description, d.description),
+                 company_key = coalesce(u.company_key, d.company_key),
+                 sourced_at = coalesce(d.sourced_at, u.sourced_at),
+                 owner_id = coalesce(u.owner_id, d.owner_id),
+                 score = CASE WHEN u.score_event_id IS NULL THEN d.score ELSE u.score END,
+                 score_model_version = coalesce(u.score_model_version, d.score_model_version),
+                 score_detail = coalesce(u.score_detail, d.score_detail),
+                 score_event_id = coalesce(u.score_event_id, d.score_event_id),
+                 sector = coalesce(u.sector, d.sector), summary = coalesce(u.summary, d.summary),
+                 business_model = coalesce(u.business_model, d.business_model),
+                 risks = CASE WHEN u.risks IS NULL THEN d.risks ELSE ARRAY(
+                     SELECT r FROM jsonb_array_elements_text(u.risks::jsonb)
+                         WITH ORDINALITY AS t(r, i) ORDER BY i) END,
+                 enrichment = coalesce(u.enrichment, d.enrichment),
+                 enrichment_error = coalesce(u.enrichment_error, d.enrichment_error),
+                 archived = d.archived OR u.archived_reason IS NOT NULL,
+                 archived_reason = coalesce(u.archived_reason, d.archived_reason)
+             FROM u WHERE d.deal_id = u.deal_id AND NOT u.is_new",
+        )
+        .bind(dirty.iter().map(|(id, _)| id.as_str()).collect::<Vec<_>>())
+        .bind(dirty.iter().map(|(_, d)| d.new).collect::<Vec<_>>())
+        .bind(dirty.iter().map(|(_, d)| d.version).collect::<Vec<_>>())
+        .bind(
+            dirty
+                .iter()
+                .map(|(_, d)| d.stage.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(dirty.iter().map(|(_, d)| d.updated_at).collect::<Vec<_>>())
+        .bind(
+            dirty
+                .iter()
+                .map(|(_, d)| d.last_event_id.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(column!(name))
+        .bind(column!(website))
+        .bind(column!(github_owner))
+        .bind(column!(github_repo))
+        .bind(column!(description))
+        .bind(column!(company_key))
+        .bind(
+            dirty
+                .iter()
+                .map(|(_, d)| d.patch.sourced_at)
+                .collect::<Vec<_>>(),
+        )
+        .bind(column!(owner_id))
+        .bind(dirty.iter().map(|(_, d)| d.patch.score).collect::<Vec<_>>())
+        .bind(column!(score_model_version))
+        .bind(column!(score_detail))
+        .bind(column!(score_event_id))
+        .bind(column!(sector))
+        .bind(column!(summary))
+        .bind(column!(business_model))
+        .bind(risks)
+        .bind(column!(enrichment))
+        .bind(column!(enrichment_error))
+        .bind(column!(archived_reason))
+        .execute(&mut *conn)
+        .await?;
+        for deal in self.deals.values_mut().filter(|d| d.dirty) {
+            deal.dirty = false;
+            deal.new = false;
+            deal.patch = DealPatch::default();
+        }
+        Ok(())
+    }
+
+    /// Writes the batch's deal sources, stage history and notes, one
+    /// statement per table.
+    async fn write_children(&mut self, conn: &mut PgConnection) -> Result<(), sqlx::Error> {
+        if !self.sources.is_empty() {
+            let s = &self.sources;
+            sqlx::query(
+                "INSERT INTO deal_sources (deal_id, source, external_id, source_url, seen_at, event_id)
+                 SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[],
+                     $5::timestamptz[], $6::text[])
+                 ON CONFLICT (deal_id, source, external_id) DO UPDATE SET
+                     source_url = excluded.source_url, seen_at = excluded.seen_at,
+                     event_id = excluded.event_id",
+            )
+            .bind(s.keys().map(|k| k.0.as_str()).collect::<Vec<_>>())
+            .bind(s.keys().map(|k| k.1.as_str()).collect::<Vec<_>>())
+            .bind(s.keys().map(|k| k.2.as_str()).collect::<Vec<_>>())
+            .bind(s.values().map(|v| v.0.as_str()).collect::<Vec<_>>())
+            .bind(s.values().map(|v| v.1).collect::<Vec<_>>())
+            .bind(s.values().map(|v| v.2.as_str()).collect::<Vec<_>>())
+            .execute(&mut *conn)
+            .await?;
+            self.sources.clear();
+        }
+        if !self.stages.is_empty() {
+            let h = &self.stages;
+            sqlx::query(
+                "INSERT INTO stage_history (event_id, deal_id, from_stage, to_stage, reason,
+                     actor_id, actor_role, changed_at)
+                 SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
+                     $6::text[], $7::int[], $8::timestamptz[])
+                 ON CONFLICT DO NOTHING",
+            )
+            .bind(h.iter().map(|r| r.event_id.as_str()).collect::<Vec<_>>())
+            .bind(h.iter().map(|r| r.deal_id.as_str()).collect::<Vec<_>>())
+            .bind(h.iter().map(|r| r.from_stage.as_str()).collect::<Vec<_>>())
+            .bind(h.iter().map(|r| r.to_stage.as_str()).collect::<Vec<_>>())
+            .bind(h.iter().map(|r| r.reason.as_str()).collect::<Vec<_>>())
+            .bind(h.iter().map(|r| r.actor_id.as_str()).collect::<Vec<_>>())
+            .bind(h.iter().map(|r| r.actor_role).collect::<Vec<_>>())
+            .bind(h.iter().map(|r| r.changed_at).collect::<Vec<_>>())
+            .execute(&mut *conn)
+            .await?;
+            self.stages.clear();
+        }
+        if !self.notes.is_empty() {
+            let n = &self.notes;
+            sqlx::query(
+                "INSERT INTO notes (note_id, deal_id, body, author_id, author_role, event_id,
+                     created_at)
+                 SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::int[],
+                     $6::text[], $7::timestamptz[])
+                 ON CONFLICT (note_id) DO NOTHING",
+            )
+            .bind(n.iter().map(|r| r.note_id.as_str()).collect::<Vec<_>>())
+            .bind(n.iter().map(|r| r.deal_id.as_str()).collect::<Vec<_>>())
+            .bind(n.iter().map(|r| r.body.as_str()).collect::<Vec<_>>())
+            .bind(n.iter().map(|r| r.author_id.as_str()).collect::<Vec<_>>())
+            .bind(n.iter().map(|r| r.author_role).collect::<Vec<_>>())
+            .bind(n.iter().map(|r| r.event_id.as_str()).collect::<Vec<_>>())
+            .bind(n.iter().map(|r| r.created_at).collect::<Vec<_>>())
+            .execute(&mut *conn)
+            .await?;
+            self.notes.clear();
+        }
+        Ok(())
+    }
+
     async fn decide_and_apply(
         &mut self,
         conn: &mut PgConnection,
@@ -368,28 +635,16 @@ impl Batch {
         if !self.deals.contains_key(deal_id) {
             // An event for a deal the log has not sourced (yet) still lands,
             // on a bare deal row, so nothing the log says is lost.
-            sqlx::query(
-                "INSERT INTO deals (deal_id, version, stage, updated_at, last_event_id)
-                 VALUES ($1, 0, $2, $3, $4)",
-            )
-            .bind(deal_id)
-            .bind(&self.initial_stage)
-            .bind(updated_at)
-            .bind(&event.event_id)
-            .execute(&mut *conn)
-            .await?;
             self.deals.insert(
                 deal_id.to_owned(),
-                DealState {
-                    version: 0,
-                    stage: self.initial_stage.clone(),
+                DealState::new_row(
+                    self.initial_stage.clone(),
                     updated_at,
-                    last_event_id: event.event_id.clone(),
-                    dirty: true,
-                },
+                    event.event_id.clone(),
+                ),
             );
         }
-        effects(conn, &mut self.provenance, event, payload, at).await?;
+        self.effects(conn, event, payload, at).await?;
         let state = self
             .deals
             .get_mut(deal_id)
@@ -518,238 +773,200 @@ fn provenance(
 /// event to set a field wins, as if written one by one.
 type Provenance = BTreeMap<(String, String), (String, String, String, Option<DateTime<Utc>>)>;
 
-async fn effects(
-    conn: &mut PgConnection,
-    prov: &mut Provenance,
-    event: &DealEvent,
-    payload: &Payload,
-    at: Option<DateTime<Utc>>,
-) -> Result<(), sqlx::Error> {
-    let deal_id = event.deal_id.as_str();
-    let event_id = event.event_id.as_str();
-    let actor = event.actor.clone().unwrap_or_default();
-    match payload {
-        Payload::DealSourced(s) => {
-            let key = s
-                .company_key
-                .as_ref()
-                .map(|k| format!("{}:{}", key_kind(k.kind), k.value))
-                .unwrap_or_default();
-            sqlx::query(
-                "UPDATE deals SET
-                     name = CASE WHEN $2 <> '' THEN $2 ELSE name END,
-                     website = CASE WHEN $3 <> '' THEN $3 ELSE website END,
-                     github_owner = CASE WHEN $4 <> '' THEN $4 ELSE github_owner END,
-                     github_repo = CASE WHEN $5 <> '' THEN $5 ELSE github_repo END,
-                     description = CASE WHEN $6 <> '' THEN $6 ELSE description END,
-                     company_key = CASE WHEN $7 <> '' THEN $7 ELSE company_key END,
-                     sourced_at = coalesce(sourced_at, $8)
-                 WHERE deal_id = $1",
-            )
-            .bind(deal_id)
-            .bind(&s.name)
-            .bind(&s.website)
-            .bind(&s.github_owner)
-            .bind(&s.github_repo)
-            .bind(&s.description)
-            .bind(&key)
-            .bind(at)
-            .execute(&mut *conn)
-            .await?;
-            let seen_at = s.seen_at.as_ref().and_then(envelope::from_timestamp).or(at);
-            sqlx::query(
-                "INSERT INTO deal_sources (deal_id, source, external_id, source_url, seen_at, event_id)
-                 VALUES ($1, $2, $3, $4, $5, $6)
-                 ON CONFLICT (deal_id, source, external_id) DO UPDATE SET
-                     source_url = excluded.source_url, seen_at = excluded.seen_at,
-                     event_id = excluded.event_id",
-            )
-            .bind(deal_id)
-            .bind(&s.source)
-            .bind(&s.external_id)
-            .bind(&s.source_url)
-            .bind(seen_at)
-            .bind(event_id)
-            .execute(&mut *conn)
-            .await?;
-            provenance(
-                prov,
-                deal_id,
-                &[
-                    ("name", s.name.clone()),
-                    ("website", s.website.clone()),
-                    ("github_owner", s.github_owner.clone()),
-                    ("github_repo", s.github_repo.clone()),
-                    ("description", s.description.clone()),
-                ],
-                &s.source,
-                event_id,
-                seen_at,
-            );
-        }
-        Payload::DealEnriched(e) => {
-            let analysis = e.analysis.clone().unwrap_or_default();
-            sqlx::query(
-                "UPDATE deals SET enrichment = $2, enrichment_error = '',
-                     sector = CASE WHEN $3 THEN $4 ELSE sector END,
-                     summary = CASE WHEN $3 THEN $5 ELSE summary END,
-                     business_model = CASE WHEN $3 THEN $6 ELSE business_model END,
-                     risks = CASE WHEN $3 THEN $7 ELSE risks END
-                 WHERE deal_id = $1",
-            )
-            .bind(deal_id)
-            .bind(e.encode_to_vec())
-            .bind(e.analysis.is_some())
-            .bind(&analysis.sector)
-            .bind(&analysis.summary)
-            .bind(&analysis.business_model)
-            .bind(&analysis.risks)
-            .execute(&mut *conn)
-            .await?;
-            if let Some(a) = &e.analysis {
-                let (source, fetched) = signal_origin(a.provenance.as_ref(), "analysis", at);
-                provenance(
-                    prov,
-                    deal_id,
-                    &[
-                        ("sector", a.sector.clone()),
-                        ("summary", a.summary.clone()),
-                        ("business_model", a.business_model.clone()),
-                        ("risks", a.risks.join("; ")),
-                    ],
-                    &source,
-                    event_id,
-                    fetched,
-                );
-            }
-            if let Some(g) = &e.github {
-                let (source, fetched) = signal_origin(g.provenance.as_ref(), "github", at);
-                provenance(
-                    prov,
-                    deal_id,
-                    &[
-                        ("github.stars", g.stars.to_string()),
-                        ("github.contributors", g.contributors.to_string()),
-                        ("github.primary_language", g.primary_language.clone()),
-                    ],
-                    &source,
-                    event_id,
-                    fetched,
-                );
-            }
-            if let Some(c) = &e.crunchbase {
-                let (source, fetched) = signal_origin(c.provenance.as_ref(), "crunchbase", at);
-                let funding = c
-                    .funding_total
+/// Sets a column in a patch if the event gives it a value.
+fn set_if_given(column: &mut Option<String>, value: &str) {
+    if !value.is_empty() {
+        *column = Some(value.to_owned());
+    }
+}
+
+impl Batch {
+    /// An applied event's effects: the deal's columns, sources, stage history,
+    /// notes and provenance into the batch's buffers, the rest to the database.
+    async fn effects(
+        &mut self,
+        conn: &mut PgConnection,
+        event: &DealEvent,
+        payload: &Payload,
+        at: Option<DateTime<Utc>>,
+    ) -> Result<(), sqlx::Error> {
+        let deal_id = event.deal_id.as_str();
+        let event_id = event.event_id.as_str();
+        let actor = event.actor.clone().unwrap_or_default();
+        let prov = &mut self.provenance;
+        let deal = &mut self
+            .deals
+            .get_mut(deal_id)
+            .ok_or_else(|| sqlx::Error::Protocol("deal state vanished".into()))?
+            .patch;
+        match payload {
+            Payload::DealSourced(s) => {
+                let key = s
+                    .company_key
                     .as_ref()
-                    .map(|m| m.value_usd.to_string())
+                    .map(|k| format!("{}:{}", key_kind(k.kind), k.value))
                     .unwrap_or_default();
+                set_if_given(&mut deal.name, &s.name);
+                set_if_given(&mut deal.website, &s.website);
+                set_if_given(&mut deal.github_owner, &s.github_owner);
+                set_if_given(&mut deal.github_repo, &s.github_repo);
+                set_if_given(&mut deal.description, &s.description);
+                set_if_given(&mut deal.company_key, &key);
+                // The row keeps the first time it was sourced.
+                deal.sourced_at = deal.sourced_at.or(at);
+                let seen_at = s.seen_at.as_ref().and_then(envelope::from_timestamp).or(at);
+                self.sources.insert(
+                    (deal_id.to_owned(), s.source.clone(), s.external_id.clone()),
+                    (s.source_url.clone(), seen_at, event_id.to_owned()),
+                );
                 provenance(
                     prov,
                     deal_id,
                     &[
-                        ("crunchbase.funding_total_usd", funding),
-                        ("crunchbase.headcount_band", c.headcount_band.clone()),
-                        ("crunchbase.founded_on", c.founded_on.clone()),
+                        ("name", s.name.clone()),
+                        ("website", s.website.clone()),
+                        ("github_owner", s.github_owner.clone()),
+                        ("github_repo", s.github_repo.clone()),
+                        ("description", s.description.clone()),
                     ],
-                    &source,
+                    &s.source,
                     event_id,
-                    fetched,
+                    seen_at,
                 );
             }
-        }
-        Payload::EnrichmentFailed(f) => {
-            sqlx::query("UPDATE deals SET enrichment_error = $2 WHERE deal_id = $1")
-                .bind(deal_id)
-                .bind(format!("{}: {}", f.step, f.reason))
-                .execute(&mut *conn)
-                .await?;
-        }
-        Payload::DealScored(s) => {
-            sqlx::query(
-                "UPDATE deals SET score = $2, score_model_version = $3, score_detail = $4,
-                     score_event_id = $5 WHERE deal_id = $1",
-            )
-            .bind(deal_id)
-            .bind(s.score)
-            .bind(&s.model_version)
-            .bind(s.encode_to_vec())
-            .bind(event_id)
-            .execute(&mut *conn)
-            .await?;
-            provenance(
-                prov,
-                deal_id,
-                &[("score", format!("{:.2}", s.score))],
-                &format!("scoring/{}", s.model_version),
-                event_id,
-                at,
-            );
-        }
-        Payload::StageChanged(s) => {
-            sqlx::query("UPDATE deals SET stage = $2 WHERE deal_id = $1")
-                .bind(deal_id)
-                .bind(&s.to_stage)
-                .execute(&mut *conn)
-                .await?;
-            sqlx::query(
-                "INSERT INTO stage_history (event_id, deal_id, from_stage, to_stage, reason,
-                     actor_id, actor_role, changed_at)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING",
-            )
-            .bind(event_id)
-            .bind(deal_id)
-            .bind(&s.from_stage)
-            .bind(&s.to_stage)
-            .bind(&s.reason)
-            .bind(&actor.id)
-            .bind(actor.role)
-            .bind(at)
-            .execute(&mut *conn)
-            .await?;
-        }
-        Payload::OwnerAssigned(o) => {
-            sqlx::query("UPDATE deals SET owner_id = $2 WHERE deal_id = $1")
-                .bind(deal_id)
-                .bind(&o.owner_id)
-                .execute(&mut *conn)
-                .await?;
-        }
-        Payload::NoteAdded(n) => {
-            sqlx::query(
-                "INSERT INTO notes (note_id, deal_id, body, author_id, author_role, event_id, created_at)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (note_id) DO NOTHING",
-            )
-            .bind(if n.note_id.is_empty() { event_id } else { &n.note_id })
-            .bind(deal_id)
-            .bind(&n.body)
-            .bind(&actor.id)
-            .bind(actor.role)
-            .bind(event_id)
-            .bind(at)
-            .execute(&mut *conn)
-            .await?;
-        }
-        Payload::DealShared(s) => {
-            sqlx::query(
-                "INSERT INTO deal_shares (deal_id, lp_id, event_id, shared_at)
+            Payload::DealEnriched(e) => {
+                deal.enrichment = Some(e.encode_to_vec());
+                deal.enrichment_error = Some(String::new());
+                if let Some(a) = &e.analysis {
+                    deal.sector = Some(a.sector.clone());
+                    deal.summary = Some(a.summary.clone());
+                    deal.business_model = Some(a.business_model.clone());
+                    deal.risks = Some(a.risks.clone());
+                }
+                if let Some(a) = &e.analysis {
+                    let (source, fetched) = signal_origin(a.provenance.as_ref(), "analysis", at);
+                    provenance(
+                        prov,
+                        deal_id,
+                        &[
+                            ("sector", a.sector.clone()),
+                            ("summary", a.summary.clone()),
+                            ("business_model", a.business_model.clone()),
+                            ("risks", a.risks.join("; ")),
+                        ],
+                        &source,
+                        event_id,
+                        fetched,
+                    );
+                }
+                if let Some(g) = &e.github {
+                    let (source, fetched) = signal_origin(g.provenance.as_ref(), "github", at);
+                    provenance(
+                        prov,
+                        deal_id,
+                        &[
+                            ("github.stars", g.stars.to_string()),
+                            ("github.contributors", g.contributors.to_string()),
+                            ("github.primary_language", g.primary_language.clone()),
+                        ],
+                        &source,
+                        event_id,
+                        fetched,
+                    );
+                }
+                if let Some(c) = &e.crunchbase {
+                    let (source, fetched) = signal_origin(c.provenance.as_ref(), "crunchbase", at);
+                    let funding = c
+                        .funding_total
+                        .as_ref()
+                        .map(|m| m.value_usd.to_string())
+                        .unwrap_or_default();
+                    provenance(
+                        prov,
+                        deal_id,
+                        &[
+                            ("crunchbase.funding_total_usd", funding),
+                            ("crunchbase.headcount_band", c.headcount_band.clone()),
+                            ("crunchbase.founded_on", c.founded_on.clone()),
+                        ],
+                        &source,
+                        event_id,
+                        fetched,
+                    );
+                }
+            }
+            Payload::EnrichmentFailed(f) => {
+                deal.enrichment_error = Some(format!("{}: {}", f.step, f.reason));
+            }
+            Payload::DealScored(s) => {
+                deal.score = Some(s.score);
+                deal.score_model_version = Some(s.model_version.clone());
+                deal.score_detail = Some(s.encode_to_vec());
+                deal.score_event_id = Some(event_id.to_owned());
+                provenance(
+                    prov,
+                    deal_id,
+                    &[("score", format!("{:.2}", s.score))],
+                    &format!("scoring/{}", s.model_version),
+                    event_id,
+                    at,
+                );
+            }
+            Payload::StageChanged(s) => {
+                // The deal's stage is its batch state, written with the deal.
+                self.stages.push(StageRow {
+                    event_id: event_id.to_owned(),
+                    deal_id: deal_id.to_owned(),
+                    from_stage: s.from_stage.clone(),
+                    to_stage: s.to_stage.clone(),
+                    reason: s.reason.clone(),
+                    actor_id: actor.id,
+                    actor_role: actor.role,
+                    changed_at: at,
+                });
+            }
+            Payload::OwnerAssigned(o) => {
+                deal.owner_id = Some(o.owner_id.clone());
+            }
+            Payload::NoteAdded(n) => {
+                let note_id = if n.note_id.is_empty() {
+                    event_id
+                } else {
+                    &n.note_id
+                };
+                // The first note with an id wins, as the table's conflict rule.
+                if self.note_ids.insert(note_id.to_owned()) {
+                    self.notes.push(NoteRow {
+                        note_id: note_id.to_owned(),
+                        deal_id: deal_id.to_owned(),
+                        body: n.body.clone(),
+                        author_id: actor.id,
+                        author_role: actor.role,
+                        event_id: event_id.to_owned(),
+                        created_at: at,
+                    });
+                }
+            }
+            Payload::DealShared(s) => {
+                sqlx::query(
+                    "INSERT INTO deal_shares (deal_id, lp_id, event_id, shared_at)
                  SELECT $1, lp, $3, $4 FROM UNNEST($2::text[]) AS t(lp)
                  ON CONFLICT (deal_id, lp_id) DO NOTHING",
-            )
-            .bind(deal_id)
-            .bind(&s.lp_ids)
-            .bind(event_id)
-            .bind(at)
-            .execute(&mut *conn)
-            .await?;
-        }
-        Payload::VoteOpened(v) => {
-            let deadline = v
-                .deadline
-                .as_ref()
-                .and_then(envelope::from_timestamp)
-                .unwrap_or(DateTime::UNIX_EPOCH);
-            sqlx::query(
+                )
+                .bind(deal_id)
+                .bind(&s.lp_ids)
+                .bind(event_id)
+                .bind(at)
+                .execute(&mut *conn)
+                .await?;
+            }
+            Payload::VoteOpened(v) => {
+                let deadline = v
+                    .deadline
+                    .as_ref()
+                    .and_then(envelope::from_timestamp)
+                    .unwrap_or(DateTime::UNIX_EPOCH);
+                sqlx::query(
                 "INSERT INTO votes (vote_id, deal_id, question, deadline, eligible_lp_ids, rule,
                      quorum, status, opened_at, opened_event_id)
                  VALUES ($1, $2, $3, $4, $5, $6, $7, 'open', $8, $9)",
@@ -765,24 +982,24 @@ async fn effects(
             .bind(event_id)
             .execute(&mut *conn)
             .await?;
-        }
-        Payload::VoteCast(c) => {
-            sqlx::query(
-                "INSERT INTO ballots (vote_id, lp_id, ballot, comment, event_id, cast_at)
+            }
+            Payload::VoteCast(c) => {
+                sqlx::query(
+                    "INSERT INTO ballots (vote_id, lp_id, ballot, comment, event_id, cast_at)
                  VALUES ($1, $2, $3, $4, $5, $6)
                  ON CONFLICT (vote_id, lp_id) DO UPDATE SET ballot = excluded.ballot,
                      comment = excluded.comment, event_id = excluded.event_id,
                      cast_at = excluded.cast_at",
-            )
-            .bind(&c.vote_id)
-            .bind(&c.lp_id)
-            .bind(c.ballot)
-            .bind(&c.comment)
-            .bind(event_id)
-            .bind(at)
-            .execute(&mut *conn)
-            .await?;
-            let all_voted: bool = sqlx::query_scalar(
+                )
+                .bind(&c.vote_id)
+                .bind(&c.lp_id)
+                .bind(c.ballot)
+                .bind(&c.comment)
+                .bind(event_id)
+                .bind(at)
+                .execute(&mut *conn)
+                .await?;
+                let all_voted: bool = sqlx::query_scalar(
                 "SELECT NOT EXISTS (
                      SELECT 1 FROM votes v, UNNEST(v.eligible_lp_ids) AS e(lp)
                      WHERE v.vote_id = $1
@@ -791,46 +1008,44 @@ async fn effects(
             .bind(&c.vote_id)
             .fetch_one(&mut *conn)
             .await?;
-            if all_voted {
-                close_vote(conn, &c.vote_id, VoteCloseReason::AllVoted, at, None).await?;
+                if all_voted {
+                    close_vote(conn, &c.vote_id, VoteCloseReason::AllVoted, at, None).await?;
+                }
             }
-        }
-        Payload::VoteClosed(c) => {
-            let reason = match VoteCloseReason::try_from(c.reason) {
-                Ok(VoteCloseReason::Unspecified) | Err(_) => VoteCloseReason::ClosedByPartner,
-                Ok(reason) => reason,
-            };
-            close_vote(conn, &c.vote_id, reason, at, Some(event_id)).await?;
-        }
-        Payload::DealsMerged(m) => {
-            sqlx::query(
-                "UPDATE deals SET merged_into = $1 WHERE deal_id = ANY($2) AND deal_id <> $1",
-            )
-            .bind(deal_id)
-            .bind(&m.merged_deal_ids)
-            .execute(&mut *conn)
-            .await?;
-        }
-        Payload::DealsUnmerged(u) => {
-            sqlx::query(
+            Payload::VoteClosed(c) => {
+                let reason = match VoteCloseReason::try_from(c.reason) {
+                    Ok(VoteCloseReason::Unspecified) | Err(_) => VoteCloseReason::ClosedByPartner,
+                    Ok(reason) => reason,
+                };
+                close_vote(conn, &c.vote_id, reason, at, Some(event_id)).await?;
+            }
+            Payload::DealsMerged(m) => {
+                // Other deals of this batch may not be in the table yet.
+                self.write_deals(conn).await?;
+                sqlx::query(
+                    "UPDATE deals SET merged_into = $1 WHERE deal_id = ANY($2) AND deal_id <> $1",
+                )
+                .bind(deal_id)
+                .bind(&m.merged_deal_ids)
+                .execute(&mut *conn)
+                .await?;
+            }
+            Payload::DealsUnmerged(u) => {
+                self.write_deals(conn).await?;
+                sqlx::query(
                 "UPDATE deals SET merged_into = NULL WHERE deal_id = ANY($2) AND merged_into = $1",
             )
             .bind(deal_id)
             .bind(&u.unmerged_deal_ids)
             .execute(&mut *conn)
             .await?;
+            }
+            Payload::DealArchived(a) => {
+                deal.archived_reason = Some(a.reason.clone());
+            }
         }
-        Payload::DealArchived(a) => {
-            sqlx::query(
-                "UPDATE deals SET archived = true, archived_reason = $2 WHERE deal_id = $1",
-            )
-            .bind(deal_id)
-            .bind(&a.reason)
-            .execute(&mut *conn)
-            .await?;
-        }
+        Ok(())
     }
-    Ok(())
 }
 
 fn signal_origin(
