@@ -138,10 +138,14 @@ impl IngestService for IngestApi {
             ));
         }
         let mut results: Vec<Option<submit_deals_result::Outcome>> = vec![None; deals.len()];
-        let mut valid: Vec<(usize, Submission)> = Vec::with_capacity(deals.len());
+        let mut indices: Vec<usize> = Vec::with_capacity(deals.len());
+        let mut submissions: Vec<Submission> = Vec::with_capacity(deals.len());
         for (index, deal) in deals.into_iter().enumerate() {
             match validate::validate(deal, &format!("deals[{index}].")) {
-                Ok(submission) => valid.push((index, submission)),
+                Ok(submission) => {
+                    indices.push(index);
+                    submissions.push(submission);
+                }
                 Err(violations) => {
                     results[index] = Some(submit_deals_result::Outcome::Error(item_error(
                         "the submission is invalid",
@@ -150,14 +154,13 @@ impl IngestService for IngestApi {
                 }
             }
         }
-        let submissions: Vec<Submission> = valid.iter().map(|(_, s)| s.clone()).collect();
         let outcomes = self
             .ingestor
             .submit(&submissions, Channel::Grpc, &correlation_id)
             .await
             .map_err(internal)?;
-        for ((index, _), outcome) in valid.iter().zip(outcomes) {
-            results[*index] = Some(match outcome {
+        for (&index, outcome) in indices.iter().zip(outcomes) {
+            results[index] = Some(match outcome {
                 Ok(receipt) => submit_deals_result::Outcome::Receipt(to_proto_receipt(&receipt)),
                 Err(Refusal::KeyReused) => submit_deals_result::Outcome::Error(item_error(
                     "idempotency key reused",
