@@ -14,8 +14,8 @@ use url::Url;
 pub const ADMIN_ADDR: &str = "DEALMESH_ENRICH_ADMIN_ADDR";
 /// Consumer group of the service. Default `dealmesh-enrich`.
 pub const GROUP_ID: &str = "DEALMESH_ENRICH_GROUP_ID";
-/// Deals enriched at once (lanes; one deal's events always share a lane).
-/// Default 32.
+/// Deals enriched at once (one deal's events are still handled one at a
+/// time, in order). Default 32.
 pub const CONCURRENCY: &str = "DEALMESH_ENRICH_CONCURRENCY";
 /// How often finished offsets are committed. Default `1s`.
 pub const COMMIT_INTERVAL: &str = "DEALMESH_ENRICH_COMMIT_INTERVAL";

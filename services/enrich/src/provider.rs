@@ -230,7 +230,7 @@ impl Provider {
                     let delay = match asked {
                         // A provider that wants more patience than the budget
                         // allows is not asked again now: the deal is marked
-                        // failed (retryable) instead of holding its lane.
+                        // failed (retryable) instead of holding a worker.
                         Some(asked) if asked > self.retry.max => {
                             return Err(CallError::Transient {
                                 provider: self.name,
