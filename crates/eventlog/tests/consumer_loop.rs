@@ -333,7 +333,7 @@ fn init_logs() {
 #[tokio::test(flavor = "multi_thread")]
 async fn failing_records_are_dead_lettered_with_their_origin_and_the_stream_moves_on() {
     let fixture = Fixture::new(1).await;
-    // One key, so one lane: the records after a failing one wait for it.
+    // One key: the records after a failing one wait for it.
     let deal = "deal-dlq";
     let events = [
         event(deal, "first"),

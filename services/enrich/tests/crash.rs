@@ -32,7 +32,7 @@ fn start_binary(env: &[(String, String)]) -> Child {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_killed_service_restarts_into_exactly_one_enrichment_per_deal() {
     let log = TestLog::create().await;
-    // Slow providers, few lanes: the batch takes several seconds, so the
+    // Slow providers, low concurrency: the batch takes several seconds, so the
     // kill lands in the middle of it.
     let github = github_fake(Duration::from_millis(800)).await;
     let mut env = log.env();

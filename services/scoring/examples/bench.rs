@@ -4,7 +4,7 @@
 //! cargo run --release -p dealmesh-scoring --example bench            # both parts
 //! cargo run --release -p dealmesh-scoring --example bench -- pure    # CPU only
 //! cargo run --release -p dealmesh-scoring --example bench -- e2e 2000
-//! cargo run --release -p dealmesh-scoring --example bench -- e2e 2000 16   # 16 lanes
+//! cargo run --release -p dealmesh-scoring --example bench -- e2e 2000 16   # 16 at once
 //! ```
 //!
 //! - `pure`: on one thread, decode a DealEnriched envelope, extract and
