@@ -107,10 +107,12 @@ def test_custom_resources_are_validated_too():
         jsonschema.validate(bad, CRD_SCHEMAS[("keda.sh/v1alpha1", "ScaledObject")])
 
 
-def test_committed_schema_and_settings_docs_are_the_generated_ones():
+def test_committed_schema_is_the_generated_one():
+    # The README's settings tables come from the same command; their rows
+    # are checked below, their wording (the constants' doc comments) is not,
+    # so rewording a doc comment does not fail the build.
     hint = "stale: run python deploy/tests/chart_schema.py --write"
     assert json.loads((CHART / "values.schema.json").read_text()) == json.loads(chart_schema.schema_text()), hint
-    assert (CHART / "README.md").read_text() == chart_schema.readme_text(), hint
 
 
 # --- what runs ---------------------------------------------------------------
@@ -449,8 +451,12 @@ def test_readme_documents_every_value_and_setting():
             missing.append(path)
     for svc in SERVICES:
         config, secrets = chart_schema.service_settings(svc)
-        missing += [f"{svc}.config.{k}" for k in config if f"`config.{k}`" not in readme]
-        missing += [f"{svc}.secrets.{k}" for k in secrets if f"`secrets.{k}`" not in readme]
+        prefix = f"DEALMESH_{svc.upper()}_"
+        for kind, names in (("config", config), ("secrets", secrets)):
+            for name in names:
+                env = prefix + re.sub(r"([A-Z])", r"_\1", name).upper()
+                if f"| `{kind}.{name}` | `{env}` |" not in readme:
+                    missing.append(f"{svc}.{kind}.{name}")
     assert not missing, f"helm/dealmesh/README.md does not document: {missing}"
 
 
