@@ -8,7 +8,8 @@ doc comment of its constant. Regenerate after a service's config changes:
 
     python deploy/tests/chart_schema.py --write
 
-test_chart.py fails while the committed files differ from this output.
+test_chart.py fails while the committed schema differs from this output,
+or while the README lacks a row for a setting.
 """
 
 from __future__ import annotations
