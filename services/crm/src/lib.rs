@@ -1,7 +1,9 @@
 //! The CRM: projects the deal log into PostgreSQL, serves queries and decides commands through the log.
 
 pub mod app;
+pub mod checkpoint;
 pub mod checksum;
+pub mod cli;
 pub mod closer;
 pub mod commands;
 pub mod config;
@@ -12,3 +14,4 @@ pub mod projector;
 pub mod read;
 pub mod rebuild;
 pub mod replay;
+pub mod verify;

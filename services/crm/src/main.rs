@@ -43,6 +43,12 @@ enum Command {
         #[arg(long, default_value = "12h")]
         ttl: String,
     },
+    /// Rebuild the read model from the first offset into a new schema beside
+    /// the live one; with --swap, swap it in once it has caught up.
+    Rebuild(dealmesh_crm::cli::RebuildArgs),
+    /// Audits: history, export, snapshot as of a time, checksum, verify.
+    #[command(subcommand)]
+    Audit(dealmesh_crm::cli::AuditCommand),
     /// Call a running CRM.
     Client {
         /// The server, e.g. http://127.0.0.1:50053.
@@ -102,12 +108,20 @@ fn main() -> ExitCode {
             token,
             call,
         } => return client(server, token, call),
-        Command::Serve | Command::Migrate => {}
+        Command::Serve | Command::Migrate | Command::Rebuild(_) | Command::Audit(_) => {}
     }
-    let source = match dealmesh_runtime::config::from_environment() {
+    let mut source = match dealmesh_runtime::config::from_environment() {
         Ok(source) => source,
         Err(error) => return config_error(&error),
     };
+    // Audits print their results on stdout, where logs also go: only
+    // errors are logged unless asked for (problems are also on stderr).
+    if matches!(cli.command, Command::Audit(_))
+        && !source.0.contains_key("DEALMESH_LOG")
+        && !source.0.contains_key("RUST_LOG")
+    {
+        source.0.insert("DEALMESH_LOG".into(), "error".into());
+    }
     let telemetry_config = match TelemetryConfig::from_source(&source, "dealmesh-crm") {
         Ok(c) => c,
         Err(error) => return config_error(&error),
@@ -134,6 +148,10 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async move {
         match cli.command {
             Command::Serve => serve(config).await,
+            Command::Rebuild(args) => Ok(dealmesh_crm::cli::rebuild(&args, &config).await),
+            Command::Audit(command) => {
+                Ok(dealmesh_crm::cli::audit(&command, &config, &mut std::io::stdout()).await)
+            }
             _ => {
                 app::database(&config).await?;
                 tracing::info!(schema = %config.schema, "migrations applied");

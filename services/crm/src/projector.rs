@@ -23,6 +23,7 @@ use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
+use crate::checkpoint;
 use crate::projection::{self, Decision, Position};
 
 #[derive(Debug, thiserror::Error)]
@@ -227,6 +228,11 @@ impl Projector {
     pub async fn project_batch(&self, batch: &[OwnedMessage]) -> Result<BatchReport, Error> {
         let mut report = BatchReport::default();
         let mut tx = self.pool.begin().await?;
+        // A rebuild swapping this schema out holds the lock exclusively, so
+        // no batch commits into a schema while it is being renamed away.
+        sqlx::query(crate::rebuild::BATCH_SWAP_LOCK)
+            .execute(&mut *tx)
+            .await?;
         let mut partitions: Vec<i32> = batch.iter().map(|m| m.partition()).collect();
         partitions.sort_unstable();
         partitions.dedup();
@@ -250,6 +256,7 @@ impl Projector {
         .await?
         .into_iter()
         .collect();
+        let floors = next.clone();
         // Decode first, so the batch can read and lock what it needs once.
         let mut work = Vec::with_capacity(batch.len());
         for message in batch {
@@ -296,6 +303,16 @@ impl Projector {
             }
         }
         applier.finish(&mut tx).await?;
+        let consumed: Vec<checkpoint::Consumed<'_>> = work
+            .iter()
+            .map(|(message, position, _)| checkpoint::Consumed {
+                partition: position.partition,
+                offset: position.offset,
+                key: message.key(),
+                value: message.payload(),
+            })
+            .collect();
+        checkpoint::record(&mut tx, &self.settings.topic, &floors, &consumed).await?;
         for (partition, next_offset) in &next {
             sqlx::query(
                 "UPDATE projector_offsets SET next_offset = GREATEST(next_offset, $3)

@@ -164,3 +164,148 @@ async fn a_swapped_rebuild_serves_and_the_live_projector_goes_on_into_it() {
         Vec::<String>::new()
     );
 }
+
+#[tokio::test]
+async fn a_swap_while_events_keep_arriving_loses_and_doubles_nothing() {
+    let h = Harness::new(3).await;
+    let start: DateTime<Utc> = "2026-10-01T08:00:00Z".parse().unwrap();
+    let log = story::log(30, start);
+    let (early, late) = log.split_at(log.len() / 3);
+    h.publish(early).await;
+
+    let live = db::connect(&h.db.url, "crm", 4).await.unwrap();
+    db::migrate(&live).await.unwrap();
+    let shutdown = CancellationToken::new();
+    let projector = Projector::new(
+        live.clone(),
+        h.kafka.clone(),
+        ProjectorSettings {
+            topic: h.topics.deals.clone(),
+            batch_size: 4,
+            linger: Duration::from_millis(2),
+            initial_stage: story::INITIAL_STAGE.into(),
+            notify_channel: db::notify_channel("crm"),
+        },
+    );
+    let running = tokio::spawn(projector.run(shutdown.clone(), || {}));
+    wait_projected(&h.db.pool, "crm", early.len() as i64).await;
+
+    // Events keep arriving while the rebuild runs and swaps.
+    let late = late.to_vec();
+    let producer = h.producer.clone();
+    let publishing = tokio::spawn(async move {
+        for event in &late {
+            producer.publish(event).await.expect("publish");
+            tokio::time::sleep(Duration::from_millis(3)).await;
+        }
+    });
+    let mut replay = h.settings("crm_rebuild_race");
+    replay.batch_size = 4;
+    let settings = RebuildSettings {
+        database_url: h.db.url.clone(),
+        live_schema: "crm".into(),
+        replay,
+        max_connections: 4,
+        swap: true,
+        drop_after: None,
+    };
+    let report = rebuild::rebuild(&settings, Arc::new(Progress::default()))
+        .await
+        .expect("rebuild");
+    publishing.await.unwrap();
+    wait_projected(&h.db.pool, "crm", log.len() as i64).await;
+    shutdown.cancel();
+    running.await.unwrap().unwrap();
+
+    let events: i64 = sqlx::query_scalar("SELECT count(*) FROM crm.events")
+        .fetch_one(&h.db.pool)
+        .await
+        .unwrap();
+    assert_eq!(events, log.len() as i64, "every event once");
+    h.replay(&h.settings("fresh")).await;
+    let live_sums = checksum::checksums(&h.db.pool, "crm").await.unwrap();
+    let fresh = checksum::checksums(&h.db.pool, "fresh").await.unwrap();
+    assert_eq!(
+        checksum::differences(&live_sums, &fresh),
+        Vec::<String>::new()
+    );
+    // The chain goes on across the swap: the log matches every checkpoint.
+    let checkpoints = dealmesh_crm::verify::checkpoints(&h.db.pool, "crm", &h.topics.deals)
+        .await
+        .unwrap();
+    let results = dealmesh_crm::verify::verify_log(&h.kafka, &h.topics.deals, &checkpoints)
+        .await
+        .unwrap();
+    assert!(
+        results.iter().all(|r| r.first_mismatch.is_none()),
+        "{results:?}"
+    );
+    assert_eq!(
+        results.iter().map(|r| r.records).sum::<u64>(),
+        log.len() as u64
+    );
+    assert!(report.retired.is_some());
+}
+
+#[tokio::test]
+async fn no_projector_batch_commits_while_a_swap_holds_the_lock() {
+    let h = Harness::new(1).await;
+    let start: DateTime<Utc> = "2026-10-01T08:00:00Z".parse().unwrap();
+    let log = story::log(1, start);
+    let live = db::connect(&h.db.url, "crm", 4).await.unwrap();
+    db::migrate(&live).await.unwrap();
+    let shutdown = CancellationToken::new();
+    let projector = Projector::new(
+        live.clone(),
+        h.kafka.clone(),
+        ProjectorSettings {
+            topic: h.topics.deals.clone(),
+            batch_size: 100,
+            linger: Duration::from_millis(2),
+            initial_stage: story::INITIAL_STAGE.into(),
+            notify_channel: db::notify_channel("crm"),
+        },
+    );
+    let running = tokio::spawn(projector.run(shutdown.clone(), || {}));
+    h.publish(&log[..1]).await;
+    wait_projected(&h.db.pool, "crm", 1).await;
+
+    // What a swap of `crm` takes, exclusively, in a session of its own.
+    let mut swap = h.db.pool.acquire().await.unwrap();
+    sqlx::query("SELECT pg_advisory_lock(hashtext('dealmesh_crm_swap'), hashtext('crm'))")
+        .execute(&mut *swap)
+        .await
+        .unwrap();
+    h.publish(&log[1..]).await;
+    // The projector's batch is waiting for the lock...
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted",
+        )
+        .fetch_one(&h.db.pool)
+        .await
+        .unwrap();
+        if waiting > 0 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no batch waited for the lock"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // ...and has committed nothing.
+    let events: i64 = sqlx::query_scalar("SELECT count(*) FROM crm.events")
+        .fetch_one(&h.db.pool)
+        .await
+        .unwrap();
+    assert_eq!(events, 1);
+    sqlx::query("SELECT pg_advisory_unlock(hashtext('dealmesh_crm_swap'), hashtext('crm'))")
+        .execute(&mut *swap)
+        .await
+        .unwrap();
+    wait_projected(&h.db.pool, "crm", log.len() as i64).await;
+    shutdown.cancel();
+    running.await.unwrap().unwrap();
+}
