@@ -145,7 +145,9 @@ impl App {
             self.config.command_timeout,
         );
         let api = CrmApi::new(
-            Authenticator::new(&self.config.auth),
+            Authenticator::new(self.config.auth.as_ref().context(
+                "token verification is not configured (DEALMESH_JWT_HS256_SECRET or DEALMESH_JWT_JWKS_URL)",
+            )?),
             ReadModel::new(self.pool.clone()),
             commands,
             self.config.pipeline.clone(),

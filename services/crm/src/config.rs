@@ -200,11 +200,23 @@ pub struct CrmConfig {
     pub provision_topics: bool,
     pub shutdown_grace: Duration,
     pub kafka: KafkaSettings,
-    pub auth: AuthConfig,
+    /// Token verification; always set for `serve`.
+    pub auth: Option<AuthConfig>,
 }
 
 impl CrmConfig {
+    /// The configuration of `serve`: token verification is required.
     pub fn from_source(source: &dyn Source) -> Result<Self, ConfigError> {
+        Self::parse(source, true)
+    }
+
+    /// The configuration of commands that serve no API (`migrate`,
+    /// `rebuild`, `audit`): token settings are read only when given.
+    pub fn for_offline_commands(source: &dyn Source) -> Result<Self, ConfigError> {
+        Self::parse(source, false)
+    }
+
+    fn parse(source: &dyn Source, serves_api: bool) -> Result<Self, ConfigError> {
         let r = Reader::new(source);
         let schema = r.string(SCHEMA, "crm");
         if !is_name(&schema) {
@@ -242,7 +254,14 @@ impl CrmConfig {
             shutdown_grace: r
                 .duration(SHUTDOWN_GRACE, dealmesh_runtime::shutdown::DEFAULT_GRACE)?,
             kafka: KafkaSettings::from_source(source)?,
-            auth: AuthConfig::from_source(source)?,
+            auth: if serves_api
+                || r.optional_string(dealmesh_auth::JWT_HS256_SECRET).is_some()
+                || r.optional_string(dealmesh_auth::JWT_JWKS_URL).is_some()
+            {
+                Some(AuthConfig::from_source(source)?)
+            } else {
+                None
+            },
         })
     }
 }

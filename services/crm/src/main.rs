@@ -133,7 +133,11 @@ fn main() -> ExitCode {
             return ExitCode::from(70);
         }
     };
-    let config = match CrmConfig::from_source(&source) {
+    let parsed = match cli.command {
+        Command::Serve => CrmConfig::from_source(&source),
+        _ => CrmConfig::for_offline_commands(&source),
+    };
+    let config = match parsed {
         Ok(c) => c,
         Err(error) => return config_error(&error),
     };

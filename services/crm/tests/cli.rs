@@ -21,10 +21,8 @@ fn crm(h: &Harness, database_url: &str, args: &[&str]) -> Output {
             &h.kafka.bootstrap_servers,
         )
         .env("DEALMESH_TOPIC_PREFIX", &h.kafka.topic_prefix)
-        .env(
-            "DEALMESH_JWT_HS256_SECRET",
-            "crm-test-secret-0123456789abcdef",
-        )
+        // No token settings: rebuild and audit serve no API, so they must
+        // not need them.
         .env("DEALMESH_CRM_BATCH_SIZE", "4")
         .output()
         .expect("dealmesh-crm runs")
@@ -197,4 +195,15 @@ async fn bad_input_gets_a_clear_message_and_changes_nothing() {
 
     let out = crm(&h, &url, &["audit", "verify"]);
     assert_eq!(out.status.code(), Some(66), "{}", text(&out.stderr));
+}
+
+#[tokio::test]
+async fn serve_needs_token_settings_that_offline_commands_do_not() {
+    let h = Harness::new(1).await;
+    let out = crm(&h, &h.db.url, &["migrate"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let out = crm(&h, &h.db.url, &["serve"]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(64), "{stderr}");
+    assert!(stderr.contains("DEALMESH_JWT_HS256_SECRET"), "{stderr}");
 }
