@@ -270,7 +270,7 @@ impl CrmConfig {
 /// (the auth settings redact their own secret).
 impl fmt::Debug for CrmConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let database_url = redact_url_password(self.database_url.expose_secret());
+        let database_url = dealmesh_runtime::config::redact_url(self.database_url.expose_secret());
         f.debug_struct("CrmConfig")
             .field("grpc_addr", &self.grpc_addr)
             .field("admin_addr", &self.admin_addr)
@@ -289,17 +289,6 @@ impl fmt::Debug for CrmConfig {
             .field("kafka", &self.kafka)
             .field("auth", &self.auth)
             .finish()
-    }
-}
-
-fn redact_url_password(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(mut parsed) if parsed.password().is_some() => {
-            let _ = parsed.set_password(Some("REDACTED"));
-            parsed.to_string()
-        }
-        Ok(parsed) => parsed.to_string(),
-        Err(_) => "[unparseable, hidden]".to_owned(),
     }
 }
 

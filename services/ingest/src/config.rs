@@ -148,7 +148,7 @@ impl IngestConfig {
 /// password, every webhook secret and the poller credentials.
 impl fmt::Debug for IngestConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let database_url = redact_url_password(self.database_url.expose_secret());
+        let database_url = dealmesh_runtime::config::redact_url(self.database_url.expose_secret());
         f.debug_struct("IngestConfig")
             .field("grpc_addr", &self.grpc_addr)
             .field("http_addr", &self.http_addr)
@@ -168,17 +168,6 @@ impl fmt::Debug for IngestConfig {
             .field("crunchbase", &self.crunchbase)
             .field("poller_http", &self.poller_http)
             .finish()
-    }
-}
-
-fn redact_url_password(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(mut parsed) if parsed.password().is_some() => {
-            let _ = parsed.set_password(Some("REDACTED"));
-            parsed.to_string()
-        }
-        Ok(parsed) => parsed.to_string(),
-        Err(_) => "[unparseable, hidden]".to_owned(),
     }
 }
 

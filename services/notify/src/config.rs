@@ -265,7 +265,7 @@ impl fmt::Debug for NotifyConfig {
             .field("admin_addr", &self.admin_addr)
             .field(
                 "database_url",
-                &redact_url_password(self.database_url.expose_secret()),
+                &dealmesh_runtime::config::redact_url(self.database_url.expose_secret()),
             )
             .field("database_max_connections", &self.database_max_connections)
             .field("consumer_group", &self.consumer_group)
@@ -280,17 +280,6 @@ impl fmt::Debug for NotifyConfig {
             .field("kafka", &self.kafka)
             .field("auth", &self.auth)
             .finish()
-    }
-}
-
-fn redact_url_password(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(mut parsed) if parsed.password().is_some() => {
-            let _ = parsed.set_password(Some("REDACTED"));
-            parsed.to_string()
-        }
-        Ok(parsed) => parsed.to_string(),
-        Err(_) => "[unparseable, hidden]".to_owned(),
     }
 }
 
