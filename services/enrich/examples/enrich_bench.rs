@@ -2,7 +2,7 @@
 //! how far concurrency hides provider latency.
 //!
 //! ```sh
-//! cargo run --release -p dealmesh-enrich --example bench -- \
+//! cargo run --release -p dealmesh-enrich --example enrich_bench -- \
 //!     --latency-ms 50 --concurrency 1,4,16,64 --deals 256 [--through-log]
 //! ```
 //!

@@ -1,10 +1,10 @@
 //! Scoring throughput, in events per second.
 //!
 //! ```text
-//! cargo run --release -p dealmesh-scoring --example bench            # both parts
-//! cargo run --release -p dealmesh-scoring --example bench -- pure    # CPU only
-//! cargo run --release -p dealmesh-scoring --example bench -- e2e 2000
-//! cargo run --release -p dealmesh-scoring --example bench -- e2e 2000 16   # 16 at once
+//! cargo run --release -p dealmesh-scoring --example scoring_bench            # both parts
+//! cargo run --release -p dealmesh-scoring --example scoring_bench -- pure    # CPU only
+//! cargo run --release -p dealmesh-scoring --example scoring_bench -- e2e 2000
+//! cargo run --release -p dealmesh-scoring --example scoring_bench -- e2e 2000 16   # 16 at once
 //! ```
 //!
 //! - `pure`: on one thread, decode a DealEnriched envelope, extract and

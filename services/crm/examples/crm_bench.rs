@@ -8,7 +8,7 @@
 //! 3. command round trip (RPC in, event projected, answer out), p50 and p99.
 //!
 //! ```text
-//! cargo run --release -p dealmesh-crm --example bench -- [events] [deals] [commands]
+//! cargo run --release -p dealmesh-crm --example crm_bench -- [events] [deals] [commands]
 //! ```
 //! Defaults: 20000 events, 100000 deals, 300 commands.
 
