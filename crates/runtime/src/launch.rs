@@ -18,6 +18,10 @@ use crate::telemetry::{self, TelemetryConfig};
 /// `EX_SOFTWARE`): telemetry or the async runtime failed to start.
 pub const EXIT_SOFTWARE: u8 = 70;
 
+/// How long the runtime may take to stop its threads once the command is
+/// done (the drain itself is bounded by the service's grace period).
+const RUNTIME_SHUTDOWN: Duration = Duration::from_secs(2);
+
 /// Runs `command` for `service` with the configuration `parse` reads from
 /// the environment (and `DEALMESH_CONFIG_FILE`).
 ///
@@ -68,7 +72,12 @@ where
             return ExitCode::from(EXIT_SOFTWARE);
         }
     };
-    match runtime.block_on(command(config)) {
+    let outcome = runtime.block_on(command(config));
+    // Dropping the runtime would wait for every worker thread, and one may
+    // be stuck in a blocking client call (a Kafka commit to a broker that is
+    // gone) after the grace period gave up on it: never hang on exit.
+    runtime.shutdown_timeout(RUNTIME_SHUTDOWN);
+    match outcome {
         Ok(code) => code,
         Err(error) => {
             tracing::error!(error = format!("{error:#}"), "failed");
