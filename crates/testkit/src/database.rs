@@ -26,10 +26,7 @@ impl TestDatabase {
     /// Creates the database on the server at `DEALMESH_TEST_DATABASE_URL`
     /// (default `postgres://postgres@127.0.0.1:5432/postgres`).
     pub async fn create() -> TestDatabase {
-        let server = std::env::var(DATABASE_URL_ENV)
-            .ok()
-            .filter(|url| !url.is_empty())
-            .unwrap_or_else(|| DEFAULT_DATABASE_URL.to_owned());
+        let server = server_url();
         // UUIDv7: unique, and sorts by creation time when debugging.
         let name = format!("dmtest_{}", uuid::Uuid::now_v7().simple());
 
@@ -57,4 +54,30 @@ impl TestDatabase {
             .unwrap_or_else(|err| panic!("cannot connect to test database {name}: {err}"));
         TestDatabase { url, name, pool }
     }
+
+    /// Drops the database (ending any session still connected to it): for
+    /// benchmarks, whose databases are large. Panics if it cannot.
+    pub async fn drop_database(self) {
+        self.pool.close().await;
+        let server = server_url();
+        let mut admin = PgConnection::connect(&server)
+            .await
+            .unwrap_or_else(|err| panic!("cannot connect to PostgreSQL at {server}: {err}"));
+        let name = &self.name;
+        // The name is ours, as in `create`.
+        sqlx::query(AssertSqlSafe(format!(
+            r#"DROP DATABASE IF EXISTS "{name}" WITH (FORCE)"#
+        )))
+        .execute(&mut admin)
+        .await
+        .unwrap_or_else(|err| panic!("cannot drop test database {name}: {err}"));
+        let _ = admin.close().await;
+    }
+}
+
+fn server_url() -> String {
+    std::env::var(DATABASE_URL_ENV)
+        .ok()
+        .filter(|url| !url.is_empty())
+        .unwrap_or_else(|| DEFAULT_DATABASE_URL.to_owned())
 }

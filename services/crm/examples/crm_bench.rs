@@ -339,5 +339,7 @@ async fn main() -> anyhow::Result<()> {
     println!("command round trip (AddNote, {n_commands} sequential): p50 {p50:?}, p99 {p99:?}");
     shutdown.cancel();
     run.await??;
+    // Benchmark databases are large: leave none behind.
+    database.drop_database().await;
     Ok(())
 }

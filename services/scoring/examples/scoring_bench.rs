@@ -235,6 +235,8 @@ async fn e2e(events: u64, concurrency: usize) -> anyhow::Result<()> {
     );
     shutdown.cancel();
     task.await??;
+    // Benchmark databases are large: leave none behind.
+    db.drop_database().await;
     Ok(())
 }
 
