@@ -1,21 +1,38 @@
 //! Rebuild rate against a real broker and PostgreSQL (the test ones:
 //! `DEALMESH_TEST_KAFKA_BOOTSTRAP` or a tansu of its own, and
-//! `DEALMESH_TEST_DATABASE_URL`), in one run beside the two floors it is
-//! measured against: a bare consumer reading (and decoding) the same log,
-//! and a bare `COPY` of the same `events` rows into PostgreSQL.
+//! `DEALMESH_TEST_DATABASE_URL`), in one run beside the floors it is
+//! measured against.
 //!
 //! ```text
-//! cargo run --release -p dealmesh-crm --example rebuild_bench -- [events=100000] [partitions=3] [batch=1000]
+//! export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-target}
+//! cargo build --release -p dealmesh-crm --bin dealmesh-crm --example rebuild_bench
+//! cargo run --release -p dealmesh-crm --example rebuild_bench -- [events=100000] [partitions=12] [batch=500]
 //! ```
 //!
-//! Prints events/s for each, the rebuild's share of the slower floor, and
-//! the peak resident memory (VmHWM) before and during the rebuild.
+//! 1. Publishes `events` events (per deal: sourced, enriched, scored, a stage
+//!    move, a note) on a fresh deal log of `partitions` partitions.
+//! 2. Floor: a bare consumer reading and decoding every record.
+//! 3. The rebuild: the real `dealmesh-crm rebuild --into rebuilt` (the
+//!    release binary beside this example), as a child process, from the
+//!    first offset to the end of the log with `DEALMESH_CRM_BATCH_SIZE=batch`;
+//!    its rate counts wall time from start to exit, and its peak resident
+//!    memory is read from `/proc/<pid>/status`.
+//! 4. Floors: `COPY` of the rows the rebuild wrote, every table, into a
+//!    fresh schema with the same tables and their primary keys but no
+//!    secondary index (the rebuild builds those too), each table's rows
+//!    sent in one binary `COPY`; and, stricter, `COPY` of the `events` rows
+//!    alone into the same.
+//!
+//! Prints events/s for each and the rebuild's share of the slower of the
+//! bare consumer and the `COPY` of every row it wrote.
 
-use std::sync::Arc;
 use std::time::Instant;
 
+use anyhow::{Context, ensure};
+use futures::StreamExt;
+
 use chrono::{TimeDelta, Utc};
-use dealmesh_crm::replay::{self, Progress, ReplaySettings};
+use dealmesh_crm::replay;
 use dealmesh_eventlog::{EventProducer, KafkaSettings, Topics, envelope};
 use dealmesh_proto::v1::*;
 use dealmesh_proto::{DealEvent, Payload};
@@ -87,18 +104,6 @@ fn mix(n: usize) -> Vec<DealEvent> {
     events
 }
 
-fn peak_rss_kib() -> Option<u64> {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()?
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args: Vec<usize> = std::env::args()
@@ -106,8 +111,8 @@ async fn main() -> anyhow::Result<()> {
         .map(|a| a.parse())
         .collect::<Result<_, _>>()?;
     let n = args.first().copied().unwrap_or(100_000);
-    let partitions = args.get(1).copied().unwrap_or(3) as i32;
-    let batch = args.get(2).copied().unwrap_or(1000);
+    let partitions = args.get(1).copied().unwrap_or(12) as i32;
+    let batch = args.get(2).copied().unwrap_or(500);
 
     let bootstrap = dealmesh_testkit::kafka_bootstrap().await;
     let prefix = dealmesh_testkit::unique_topic_prefix();
@@ -124,6 +129,7 @@ async fn main() -> anyhow::Result<()> {
         "published {n} events on {partitions} partitions in {:.1} s",
         started.elapsed().as_secs_f64()
     );
+    drop(events);
 
     // Floor 1: a bare consumer reading and decoding every partition to its end.
     let consumer: StreamConsumer = kafka
@@ -151,80 +157,166 @@ async fn main() -> anyhow::Result<()> {
     }
     let bare_consumer = read as f64 / started.elapsed().as_secs_f64();
     drop(consumer);
-
-    // Floor 2: COPY of the same `events` rows.
-    let database = dealmesh_testkit::TestDatabase::create().await;
-    let pool = replay::create_schema(&database.url, "copy_floor", 4).await?;
-    let mut csv = String::new();
-    for (i, e) in events.iter().enumerate() {
-        csv.push_str(&format!(
-            "{},{},{},{},bench,5,bench,\"\",\"\",,{},0,{},\\x{},applied,,\"\",0\n",
-            e.event_id,
-            e.deal_id,
-            envelope::type_name(e),
-            e.occurred_at
-                .as_ref()
-                .and_then(envelope::from_timestamp)
-                .unwrap_or_default()
-                .to_rfc3339(),
-            topics.deals,
-            i,
-            hex(&envelope::encode(e)?)
-        ));
-    }
-    drop(events);
-    let mut conn = pool.acquire().await?;
-    let started = Instant::now();
-    let mut copy = conn
-        .copy_in_raw("COPY events FROM STDIN WITH (FORMAT csv)")
-        .await?;
-    copy.send(csv.as_bytes()).await?;
-    copy.finish().await?;
-    let bare_copy = n as f64 / started.elapsed().as_secs_f64();
-    drop(conn);
-    drop(csv);
-    pool.close().await;
-
-    // The rebuild: fresh schema, every partition in parallel, to the end.
-    let settings = ReplaySettings {
-        kafka: kafka.clone(),
-        topic: topics.deals.clone(),
-        schema: "rebuilt".into(),
-        initial_stage: "sourced".into(),
-        batch_size: batch,
-        as_of: None,
-        until: None,
-    };
-    let pool = replay::create_schema(&database.url, "rebuilt", (partitions as u32) + 2).await?;
-    let before = peak_rss_kib();
-    // Resets the peak (Linux), so the next reading is the rebuild's own.
-    let reset = std::fs::write("/proc/self/clear_refs", "5").is_ok();
-    let started = Instant::now();
-    let report = replay::replay(&pool, &settings, Arc::new(Progress::default())).await?;
-    let seconds = started.elapsed().as_secs_f64();
-    let rebuild = report.records as f64 / seconds;
-    assert_eq!(report.records, n as u64, "{report:?}");
-
-    let slower = bare_consumer.min(bare_copy);
     println!("bare consumer: {bare_consumer:>10.0} events/s");
-    println!("bare COPY:     {bare_copy:>10.0} events/s");
+
+    // The rebuild, by the real binary.
+    let database = dealmesh_testkit::TestDatabase::create().await;
+    let bin = std::env::current_exe()?
+        .parent()
+        .and_then(|examples| examples.parent())
+        .map(|dir| dir.join("dealmesh-crm"))
+        .context("no directory above this example")?;
+    ensure!(
+        bin.is_file(),
+        "{} not found: build it with `cargo build --release -p dealmesh-crm --bin dealmesh-crm`",
+        bin.display()
+    );
+    checkpoint(&database.pool).await;
+    let started = Instant::now();
+    let mut child = tokio::process::Command::new(&bin)
+        .args(["rebuild", "--into", "rebuilt"])
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("DATABASE_URL", &database.url)
+        .env("DEALMESH_KAFKA_BOOTSTRAP_SERVERS", &bootstrap)
+        .env("DEALMESH_TOPIC_PREFIX", &prefix)
+        .env("DEALMESH_CRM_BATCH_SIZE", batch.to_string())
+        // librdkafka settings to try (KAFKA_<property>), passed through.
+        .envs(std::env::vars().filter(|(key, _)| key.starts_with("KAFKA_")))
+        // REBUILD_LOG=info shows the rebuild's own progress and phases (its
+        // logs go to stdout, here the bench's).
+        .env(
+            "RUST_LOG",
+            std::env::var("REBUILD_LOG").unwrap_or_else(|_| "warn".into()),
+        )
+        .stdout(if std::env::var_os("REBUILD_LOG").is_some() {
+            std::process::Stdio::inherit()
+        } else {
+            std::process::Stdio::null()
+        })
+        .spawn()?;
+    let pid = child.id();
+    let mut peak_kib = 0;
+    let status = loop {
+        tokio::select! {
+            status = child.wait() => break status?,
+            () = tokio::time::sleep(std::time::Duration::from_millis(50)) => {
+                peak_kib = peak_kib.max(vm_hwm_kib(pid).unwrap_or(0));
+            }
+        }
+    };
+    let seconds = started.elapsed().as_secs_f64();
+    ensure!(status.success(), "dealmesh-crm rebuild failed: {status}");
+    let rebuild = n as f64 / seconds;
+    let pool = dealmesh_crm::db::connect(&database.url, "rebuilt", 4).await?;
+    let rebuilt: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
+        .fetch_one(&pool)
+        .await?;
+    ensure!(
+        rebuilt == n as i64,
+        "the rebuild projected {rebuilt} of {n} events"
+    );
     println!(
         "rebuild:       {rebuild:>10.0} events/s ({n} events in {seconds:.1} s, batch {batch}, \
-         {partitions} partitions) = {:.0}% of the slower floor",
-        100.0 * rebuild / slower
+         {partitions} partitions), peak resident memory {} MiB",
+        peak_kib / 1024
     );
-    if let (Some(before), Some(during)) = (before, peak_rss_kib()) {
-        println!(
-            "peak resident memory: {} MiB before the rebuild (the bench's own events and \
-             CSV), {} MiB {}",
-            before / 1024,
-            during / 1024,
-            if reset {
-                "during the rebuild"
-            } else {
-                "over the whole run"
+
+    // Floors: COPY of what the rebuild wrote, into the same tables in a
+    // fresh schema.
+    let mut tables: Vec<(String, Vec<u8>)> = Vec::new();
+    let names: Vec<String> = sqlx::query_scalar(
+        "SELECT relname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+         WHERE n.nspname = 'rebuilt' AND c.relkind = 'r' AND relname <> '_sqlx_migrations'
+         ORDER BY relname",
+    )
+    .fetch_all(&pool)
+    .await?;
+    let mut conn = pool.acquire().await?;
+    for name in names {
+        let mut out = conn
+            .copy_out_raw(&format!("COPY rebuilt.{name} TO STDOUT (FORMAT binary)"))
+            .await?;
+        let mut data = Vec::new();
+        while let Some(chunk) = out.next().await {
+            data.extend_from_slice(&chunk?);
+        }
+        drop(out);
+        tables.push((name, data));
+    }
+    drop(conn);
+    pool.close().await;
+    let copy_rows = |schema: &'static str, only: Option<&'static str>| {
+        let database_url = database.url.clone();
+        let tables = &tables;
+        async move {
+            let pool = replay::create_schema(&database_url, schema, 2).await?;
+            let mut conn = pool.acquire().await?;
+            checkpoint(&pool).await;
+            // The bare floor: tables with their primary keys only.
+            let secondary: Vec<String> = sqlx::query_scalar(
+                "SELECT format('%I.%I', n.nspname, c.relname) FROM pg_index i
+                 JOIN pg_class c ON c.oid = i.indexrelid
+                 JOIN pg_namespace n ON n.oid = c.relnamespace
+                 WHERE n.nspname = $1 AND NOT i.indisunique AND NOT i.indisprimary",
+            )
+            .bind(schema)
+            .fetch_all(&mut *conn)
+            .await?;
+            for index in secondary {
+                sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP INDEX {index}")))
+                    .execute(&mut *conn)
+                    .await?;
             }
+            let started = Instant::now();
+            for (name, data) in tables
+                .iter()
+                .filter(|(name, _)| only.is_none_or(|only| only == name))
+            {
+                let mut copy = conn
+                    .copy_in_raw(&format!("COPY {schema}.{name} FROM STDIN (FORMAT binary)"))
+                    .await?;
+                copy.send(data.as_slice()).await?;
+                copy.finish().await?;
+            }
+            let rate = n as f64 / started.elapsed().as_secs_f64();
+            drop(conn);
+            pool.close().await;
+            anyhow::Ok(rate)
+        }
+    };
+    let copy_all = copy_rows("copy_all", None).await?;
+    println!("COPY, every row the rebuild wrote: {copy_all:>10.0} events/s");
+    let copy_events = copy_rows("copy_events", Some("events")).await?;
+    println!("COPY, the events rows alone:       {copy_events:>10.0} events/s");
+
+    let slower = bare_consumer.min(copy_all);
+    println!(
+        "rebuild = {:.0}% of the slower floor (bare consumer or COPY of every row), \
+         {:.0}% of COPY of the events rows alone",
+        100.0 * rebuild / slower,
+        100.0 * rebuild / copy_events
+    );
+    database.drop_database().await;
+    Ok(())
+}
+
+/// Flushes what earlier phases wrote (a `CHECKPOINT`), so that each timed
+/// phase starts from the same state instead of paying for the one before;
+/// needs a superuser, and is skipped with a note otherwise.
+async fn checkpoint(pool: &sqlx::PgPool) {
+    if let Err(error) = sqlx::raw_sql("CHECKPOINT").execute(pool).await {
+        eprintln!(
+            "no CHECKPOINT before the next phase ({error}): its time may include earlier writes"
         );
     }
-    Ok(())
+}
+
+/// Peak resident memory of a process, from `/proc/<pid>/status`.
+fn vm_hwm_kib(pid: Option<u32>) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", pid?)).ok()?;
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
 }

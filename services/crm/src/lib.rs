@@ -7,6 +7,7 @@ pub mod cli;
 pub mod closer;
 pub mod commands;
 pub mod config;
+pub mod copy;
 pub mod db;
 pub mod grpc;
 pub mod projection;

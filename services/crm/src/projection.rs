@@ -9,7 +9,7 @@
 //! rejected and changes nothing else. The decision is kept in `events`,
 //! where commands wait for it.
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, SecondsFormat, Utc};
 use dealmesh_eventlog::envelope;
 use dealmesh_proto::v1::{self, VoteCloseReason, VoteResult, VoteRule};
 use dealmesh_proto::{DealEvent, Payload};
@@ -17,6 +17,8 @@ use prost::Message;
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use sqlx::PgConnection;
+
+use crate::copy::{self, BinaryRows};
 
 /// Where a record sits on the log.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -190,8 +192,9 @@ struct EventRow {
 /// lookup and the deal lock are one read per batch; the deals' columns, their
 /// sources, stage history, notes, provenance and the `events` rows are kept
 /// in memory while the batch applies (later events decide on the state the
-/// earlier ones left) and written with one statement per table at the end.
-/// Votes, shares and merges, which read what they write, still go to the
+/// earlier ones left) and written at the end: the deals in one statement,
+/// sources, stage history, notes and provenance in another, and the `events`
+/// rows by binary `COPY`. Votes, shares and merges, which read what they write, still go to the
 /// database per event.
 pub struct Batch {
     initial_stage: String,
@@ -317,74 +320,45 @@ impl Batch {
     pub async fn finish(mut self, conn: &mut PgConnection) -> Result<(), sqlx::Error> {
         self.write_deals(conn).await?;
         self.write_children(conn).await?;
-        if !self.provenance.is_empty() {
-            let p = &self.provenance;
-            sqlx::query(
-                "INSERT INTO field_provenance (deal_id, field, value, source, event_id, recorded_at)
-                 SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
-                     $6::timestamptz[])
-                 ON CONFLICT (deal_id, field) DO UPDATE SET value = excluded.value,
-                     source = excluded.source, event_id = excluded.event_id,
-                     recorded_at = excluded.recorded_at",
-            )
-            .bind(p.keys().map(|k| k.0.as_str()).collect::<Vec<_>>())
-            .bind(p.keys().map(|k| k.1.as_str()).collect::<Vec<_>>())
-            .bind(p.values().map(|v| v.0.as_str()).collect::<Vec<_>>())
-            .bind(p.values().map(|v| v.1.as_str()).collect::<Vec<_>>())
-            .bind(p.values().map(|v| v.2.as_str()).collect::<Vec<_>>())
-            .bind(p.values().map(|v| v.3).collect::<Vec<_>>())
-            .execute(&mut *conn)
-            .await?;
-        }
         if self.rows.is_empty() {
             return Ok(());
         }
-        let r = &self.rows;
-        sqlx::query(
-            "INSERT INTO events (event_id, deal_id, event_type, occurred_at, actor_id, actor_role,
+        // Appended with COPY: the rows are new (`seen` holds every event id
+        // already in the table, and this batch's own repeats were dropped
+        // as duplicates). Another projector racing on the same event id
+        // fails this transaction on the primary key, and the retry finds it.
+        // The envelope, plus ids, times and the field headers of a row.
+        let size = self.rows.iter().map(|e| e.envelope.len() + 320).sum();
+        let mut rows = BinaryRows::with_capacity(18, size);
+        for e in &self.rows {
+            rows.row()
+                .text(&e.event_id)
+                .text(&e.deal_id)
+                .text(e.event_type)
+                .timestamptz(e.occurred_at)
+                .text(&e.actor_id)
+                .int4(e.actor_role)
+                .text(&e.correlation_id)
+                .text(&e.causation_id)
+                .text(&e.idempotency_key)
+                .opt_int8(e.expected_version)
+                .text(&e.position.topic)
+                .int4(e.position.partition)
+                .int8(e.position.offset)
+                .bytea(&e.envelope)
+                .text(e.status)
+                .opt_text(e.reject_code)
+                .text(&e.reason)
+                .int8(e.deal_version);
+        }
+        copy::copy_in(
+            conn,
+            "COPY events (event_id, deal_id, event_type, occurred_at, actor_id, actor_role,
                  correlation_id, causation_id, idempotency_key, expected_version, kafka_topic,
                  kafka_partition, kafka_offset, envelope, status, reject_code, reason, deal_version)
-             SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::timestamptz[],
-                 $5::text[], $6::int[], $7::text[], $8::text[], $9::text[], $10::bigint[],
-                 $11::text[], $12::int[], $13::bigint[], $14::bytea[], $15::text[], $16::text[],
-                 $17::text[], $18::bigint[])
-             ON CONFLICT (event_id) DO NOTHING",
+             FROM STDIN (FORMAT binary)",
+            rows,
         )
-        .bind(r.iter().map(|e| e.event_id.as_str()).collect::<Vec<_>>())
-        .bind(r.iter().map(|e| e.deal_id.as_str()).collect::<Vec<_>>())
-        .bind(r.iter().map(|e| e.event_type).collect::<Vec<_>>())
-        .bind(r.iter().map(|e| e.occurred_at).collect::<Vec<_>>())
-        .bind(r.iter().map(|e| e.actor_id.as_str()).collect::<Vec<_>>())
-        .bind(r.iter().map(|e| e.actor_role).collect::<Vec<_>>())
-        .bind(
-            r.iter()
-                .map(|e| e.correlation_id.as_str())
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            r.iter()
-                .map(|e| e.causation_id.as_str())
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            r.iter()
-                .map(|e| e.idempotency_key.as_str())
-                .collect::<Vec<_>>(),
-        )
-        .bind(r.iter().map(|e| e.expected_version).collect::<Vec<_>>())
-        .bind(
-            r.iter()
-                .map(|e| e.position.topic.as_str())
-                .collect::<Vec<_>>(),
-        )
-        .bind(r.iter().map(|e| e.position.partition).collect::<Vec<_>>())
-        .bind(r.iter().map(|e| e.position.offset).collect::<Vec<_>>())
-        .bind(r.iter().map(|e| e.envelope.as_slice()).collect::<Vec<_>>())
-        .bind(r.iter().map(|e| e.status).collect::<Vec<_>>())
-        .bind(r.iter().map(|e| e.reject_code).collect::<Vec<_>>())
-        .bind(r.iter().map(|e| e.reason.as_str()).collect::<Vec<_>>())
-        .bind(r.iter().map(|e| e.deal_version).collect::<Vec<_>>())
-        .execute(&mut *conn)
         .await?;
         Ok(())
     }
@@ -522,70 +496,96 @@ impl Batch {
         Ok(())
     }
 
-    /// Writes the batch's deal sources, stage history and notes, one
-    /// statement per table.
+    /// Writes the batch's deal sources, stage history, notes and
+    /// provenance: one statement (a round trip, not four), each table's
+    /// rows unnested from arrays; a table with no rows gets empty arrays.
     async fn write_children(&mut self, conn: &mut PgConnection) -> Result<(), sqlx::Error> {
-        if !self.sources.is_empty() {
-            let s = &self.sources;
-            sqlx::query(
-                "INSERT INTO deal_sources (deal_id, source, external_id, source_url, seen_at, event_id)
+        if self.sources.is_empty()
+            && self.stages.is_empty()
+            && self.notes.is_empty()
+            && self.provenance.is_empty()
+        {
+            return Ok(());
+        }
+        // Provenance: one JSON object per deal, merged into the stored one,
+        // where a field set here replaces it.
+        let prov_deals: Vec<&str> = self.provenance.keys().map(String::as_str).collect();
+        let prov_fields: Vec<String> = self
+            .provenance
+            .values()
+            .map(|fields| {
+                let mut object = Vec::with_capacity(fields.values().map(|f| f.len() + 24).sum());
+                object.push(b'{');
+                for (i, (field, entry)) in fields.iter().enumerate() {
+                    if i > 0 {
+                        object.push(b',');
+                    }
+                    json_string(&mut object, field);
+                    object.push(b':');
+                    object.extend_from_slice(entry);
+                }
+                object.push(b'}');
+                // Built from JSON strings and ASCII punctuation only.
+                String::from_utf8(object).unwrap_or_default()
+            })
+            .collect();
+        let (s, h, n) = (&self.sources, &self.stages, &self.notes);
+        sqlx::query(
+            "WITH sources AS (
+                 INSERT INTO deal_sources (deal_id, source, external_id, source_url, seen_at,
+                     event_id)
                  SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[],
                      $5::timestamptz[], $6::text[])
                  ON CONFLICT (deal_id, source, external_id) DO UPDATE SET
                      source_url = excluded.source_url, seen_at = excluded.seen_at,
-                     event_id = excluded.event_id",
-            )
-            .bind(s.keys().map(|k| k.0.as_str()).collect::<Vec<_>>())
-            .bind(s.keys().map(|k| k.1.as_str()).collect::<Vec<_>>())
-            .bind(s.keys().map(|k| k.2.as_str()).collect::<Vec<_>>())
-            .bind(s.values().map(|v| v.0.as_str()).collect::<Vec<_>>())
-            .bind(s.values().map(|v| v.1).collect::<Vec<_>>())
-            .bind(s.values().map(|v| v.2.as_str()).collect::<Vec<_>>())
-            .execute(&mut *conn)
-            .await?;
-            self.sources.clear();
-        }
-        if !self.stages.is_empty() {
-            let h = &self.stages;
-            sqlx::query(
-                "INSERT INTO stage_history (event_id, deal_id, from_stage, to_stage, reason,
+                     event_id = excluded.event_id
+             ), stages AS (
+                 INSERT INTO stage_history (event_id, deal_id, from_stage, to_stage, reason,
                      actor_id, actor_role, changed_at)
-                 SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
-                     $6::text[], $7::int[], $8::timestamptz[])
-                 ON CONFLICT DO NOTHING",
-            )
-            .bind(h.iter().map(|r| r.event_id.as_str()).collect::<Vec<_>>())
-            .bind(h.iter().map(|r| r.deal_id.as_str()).collect::<Vec<_>>())
-            .bind(h.iter().map(|r| r.from_stage.as_str()).collect::<Vec<_>>())
-            .bind(h.iter().map(|r| r.to_stage.as_str()).collect::<Vec<_>>())
-            .bind(h.iter().map(|r| r.reason.as_str()).collect::<Vec<_>>())
-            .bind(h.iter().map(|r| r.actor_id.as_str()).collect::<Vec<_>>())
-            .bind(h.iter().map(|r| r.actor_role).collect::<Vec<_>>())
-            .bind(h.iter().map(|r| r.changed_at).collect::<Vec<_>>())
-            .execute(&mut *conn)
-            .await?;
-            self.stages.clear();
-        }
-        if !self.notes.is_empty() {
-            let n = &self.notes;
-            sqlx::query(
-                "INSERT INTO notes (note_id, deal_id, body, author_id, author_role, event_id,
+                 SELECT * FROM UNNEST($7::text[], $8::text[], $9::text[], $10::text[],
+                     $11::text[], $12::text[], $13::int[], $14::timestamptz[])
+                 ON CONFLICT DO NOTHING
+             ), notes AS (
+                 INSERT INTO notes (note_id, deal_id, body, author_id, author_role, event_id,
                      created_at)
-                 SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::int[],
-                     $6::text[], $7::timestamptz[])
-                 ON CONFLICT (note_id) DO NOTHING",
-            )
-            .bind(n.iter().map(|r| r.note_id.as_str()).collect::<Vec<_>>())
-            .bind(n.iter().map(|r| r.deal_id.as_str()).collect::<Vec<_>>())
-            .bind(n.iter().map(|r| r.body.as_str()).collect::<Vec<_>>())
-            .bind(n.iter().map(|r| r.author_id.as_str()).collect::<Vec<_>>())
-            .bind(n.iter().map(|r| r.author_role).collect::<Vec<_>>())
-            .bind(n.iter().map(|r| r.event_id.as_str()).collect::<Vec<_>>())
-            .bind(n.iter().map(|r| r.created_at).collect::<Vec<_>>())
-            .execute(&mut *conn)
-            .await?;
-            self.notes.clear();
-        }
+                 SELECT * FROM UNNEST($15::text[], $16::text[], $17::text[], $18::text[],
+                     $19::int[], $20::text[], $21::timestamptz[])
+                 ON CONFLICT (note_id) DO NOTHING
+             )
+             INSERT INTO deal_provenance (deal_id, fields)
+             SELECT d, f::jsonb FROM UNNEST($22::text[], $23::text[]) AS t(d, f)
+             ON CONFLICT (deal_id) DO UPDATE
+                 SET fields = deal_provenance.fields || excluded.fields",
+        )
+        .bind(s.keys().map(|k| k.0.as_str()).collect::<Vec<_>>())
+        .bind(s.keys().map(|k| k.1.as_str()).collect::<Vec<_>>())
+        .bind(s.keys().map(|k| k.2.as_str()).collect::<Vec<_>>())
+        .bind(s.values().map(|v| v.0.as_str()).collect::<Vec<_>>())
+        .bind(s.values().map(|v| v.1).collect::<Vec<_>>())
+        .bind(s.values().map(|v| v.2.as_str()).collect::<Vec<_>>())
+        .bind(h.iter().map(|r| r.event_id.as_str()).collect::<Vec<_>>())
+        .bind(h.iter().map(|r| r.deal_id.as_str()).collect::<Vec<_>>())
+        .bind(h.iter().map(|r| r.from_stage.as_str()).collect::<Vec<_>>())
+        .bind(h.iter().map(|r| r.to_stage.as_str()).collect::<Vec<_>>())
+        .bind(h.iter().map(|r| r.reason.as_str()).collect::<Vec<_>>())
+        .bind(h.iter().map(|r| r.actor_id.as_str()).collect::<Vec<_>>())
+        .bind(h.iter().map(|r| r.actor_role).collect::<Vec<_>>())
+        .bind(h.iter().map(|r| r.changed_at).collect::<Vec<_>>())
+        .bind(n.iter().map(|r| r.note_id.as_str()).collect::<Vec<_>>())
+        .bind(n.iter().map(|r| r.deal_id.as_str()).collect::<Vec<_>>())
+        .bind(n.iter().map(|r| r.body.as_str()).collect::<Vec<_>>())
+        .bind(n.iter().map(|r| r.author_id.as_str()).collect::<Vec<_>>())
+        .bind(n.iter().map(|r| r.author_role).collect::<Vec<_>>())
+        .bind(n.iter().map(|r| r.event_id.as_str()).collect::<Vec<_>>())
+        .bind(n.iter().map(|r| r.created_at).collect::<Vec<_>>())
+        .bind(&prov_deals)
+        .bind(&prov_fields)
+        .execute(&mut *conn)
+        .await?;
+        self.sources.clear();
+        self.stages.clear();
+        self.notes.clear();
+        self.provenance.clear();
         Ok(())
     }
 
@@ -756,22 +756,50 @@ async fn vote(conn: &mut PgConnection, vote_id: &str) -> Result<Option<VoteState
 fn provenance(
     buffer: &mut Provenance,
     deal_id: &str,
-    fields: &[(&str, String)],
+    fields: &[(&'static str, &str)],
     source: &str,
     event_id: &str,
     at: Option<DateTime<Utc>>,
 ) {
-    for (field, value) in fields.iter().filter(|(_, v)| !v.is_empty()) {
-        buffer.insert(
-            (deal_id.to_owned(), (*field).to_owned()),
-            (value.clone(), source.to_owned(), event_id.to_owned(), at),
-        );
+    let mut given = fields.iter().filter(|(_, v)| !v.is_empty()).peekable();
+    if given.peek().is_none() {
+        return;
+    }
+    // The parts every field of this event shares, rendered once.
+    let mut tail = Vec::with_capacity(128);
+    tail.extend_from_slice(b",\"source\":");
+    json_string(&mut tail, source);
+    tail.extend_from_slice(b",\"event_id\":");
+    json_string(&mut tail, event_id);
+    tail.extend_from_slice(b",\"recorded_at\":");
+    match at {
+        Some(at) => json_string(&mut tail, &at.to_rfc3339_opts(SecondsFormat::Micros, true)),
+        None => tail.extend_from_slice(b"null"),
+    }
+    tail.push(b'}');
+    let deal = match buffer.get_mut(deal_id) {
+        Some(deal) => deal,
+        None => buffer.entry(deal_id.to_owned()).or_default(),
+    };
+    for (field, value) in given {
+        let mut entry = Vec::with_capacity(value.len() + tail.len() + 16);
+        entry.extend_from_slice(b"{\"value\":");
+        json_string(&mut entry, value);
+        entry.extend_from_slice(&tail);
+        deal.insert(field, entry);
     }
 }
 
-/// Field provenance a batch collected, written once at its end: the last
-/// event to set a field wins, as if written one by one.
-type Provenance = BTreeMap<(String, String), (String, String, String, Option<DateTime<Utc>>)>;
+/// Appends `value` as a JSON string.
+fn json_string(out: &mut Vec<u8>, value: &str) {
+    // Writing to a Vec cannot fail, nor can serializing a str.
+    let _ = serde_json::to_writer(&mut *out, value);
+}
+
+/// Field provenance a batch collected, written once at its end: per deal,
+/// per field, the JSON object `{value, source, event_id, recorded_at}` of
+/// the last event to set it (as if written one by one).
+type Provenance = BTreeMap<String, BTreeMap<&'static str, Vec<u8>>>;
 
 /// Sets a column in a patch if the event gives it a value.
 fn set_if_given(column: &mut Option<String>, value: &str) {
@@ -823,11 +851,11 @@ impl Batch {
                     prov,
                     deal_id,
                     &[
-                        ("name", s.name.clone()),
-                        ("website", s.website.clone()),
-                        ("github_owner", s.github_owner.clone()),
-                        ("github_repo", s.github_repo.clone()),
-                        ("description", s.description.clone()),
+                        ("name", s.name.as_str()),
+                        ("website", s.website.as_str()),
+                        ("github_owner", s.github_owner.as_str()),
+                        ("github_repo", s.github_repo.as_str()),
+                        ("description", s.description.as_str()),
                     ],
                     &s.source,
                     event_id,
@@ -845,14 +873,15 @@ impl Batch {
                 }
                 if let Some(a) = &e.analysis {
                     let (source, fetched) = signal_origin(a.provenance.as_ref(), "analysis", at);
+                    let risks = a.risks.join("; ");
                     provenance(
                         prov,
                         deal_id,
                         &[
-                            ("sector", a.sector.clone()),
-                            ("summary", a.summary.clone()),
-                            ("business_model", a.business_model.clone()),
-                            ("risks", a.risks.join("; ")),
+                            ("sector", a.sector.as_str()),
+                            ("summary", a.summary.as_str()),
+                            ("business_model", a.business_model.as_str()),
+                            ("risks", risks.as_str()),
                         ],
                         &source,
                         event_id,
@@ -861,13 +890,14 @@ impl Batch {
                 }
                 if let Some(g) = &e.github {
                     let (source, fetched) = signal_origin(g.provenance.as_ref(), "github", at);
+                    let (stars, contributors) = (g.stars.to_string(), g.contributors.to_string());
                     provenance(
                         prov,
                         deal_id,
                         &[
-                            ("github.stars", g.stars.to_string()),
-                            ("github.contributors", g.contributors.to_string()),
-                            ("github.primary_language", g.primary_language.clone()),
+                            ("github.stars", stars.as_str()),
+                            ("github.contributors", contributors.as_str()),
+                            ("github.primary_language", g.primary_language.as_str()),
                         ],
                         &source,
                         event_id,
@@ -885,9 +915,9 @@ impl Batch {
                         prov,
                         deal_id,
                         &[
-                            ("crunchbase.funding_total_usd", funding),
-                            ("crunchbase.headcount_band", c.headcount_band.clone()),
-                            ("crunchbase.founded_on", c.founded_on.clone()),
+                            ("crunchbase.funding_total_usd", funding.as_str()),
+                            ("crunchbase.headcount_band", c.headcount_band.as_str()),
+                            ("crunchbase.founded_on", c.founded_on.as_str()),
                         ],
                         &source,
                         event_id,
@@ -906,7 +936,7 @@ impl Batch {
                 provenance(
                     prov,
                     deal_id,
-                    &[("score", format!("{:.2}", s.score))],
+                    &[("score", format!("{:.2}", s.score).as_str())],
                     &format!("scoring/{}", s.model_version),
                     event_id,
                     at,

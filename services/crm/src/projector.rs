@@ -14,13 +14,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use dealmesh_eventlog::{KafkaSettings, envelope};
+use dealmesh_proto::Payload;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
-use sqlx::PgPool;
+use sqlx::{AssertSqlSafe, PgPool};
 use tokio_util::sync::CancellationToken;
 
 use crate::checkpoint;
@@ -56,6 +57,9 @@ pub struct Projector {
     kafka: KafkaSettings,
     settings: ProjectorSettings,
     records: Family<OutcomeLabel, Counter>,
+    /// Commit batches without waiting for the WAL flush (see
+    /// [`Projector::with_async_commit`]).
+    async_commit: bool,
 }
 
 /// What one batch did.
@@ -67,6 +71,9 @@ pub struct BatchReport {
     pub skipped: usize,
     pub undecodable: usize,
     pub already_projected: usize,
+    /// Applied `DealsMerged` and `DealsUnmerged` events (a replay settles
+    /// merges at its end only if there were any).
+    pub merges: usize,
 }
 
 impl Projector {
@@ -76,6 +83,7 @@ impl Projector {
             kafka,
             settings,
             records: Family::default(),
+            async_commit: false,
         }
     }
 
@@ -85,6 +93,18 @@ impl Projector {
             "Deal-log records the projector handled, by outcome",
             self.records.clone(),
         );
+        self
+    }
+
+    /// Commits each batch without waiting for PostgreSQL to flush it to
+    /// disk (`synchronous_commit = off` for the batch's transaction). A
+    /// crash of the server may then lose the last batches, but only whole:
+    /// their rows and the offsets they advanced go together, so the next
+    /// run projects them again. For a replay into a schema nobody reads
+    /// yet; the live projector's commits are durable before commands see
+    /// their outcome.
+    pub fn with_async_commit(mut self) -> Self {
+        self.async_commit = true;
         self
     }
 
@@ -230,22 +250,31 @@ impl Projector {
         let mut tx = self.pool.begin().await?;
         // A rebuild swapping this schema out holds the lock exclusively, so
         // no batch commits into a schema while it is being renamed away.
-        sqlx::query(crate::rebuild::BATCH_SWAP_LOCK)
+        if self.async_commit {
+            // One round trip for both: constant statements, no parameters.
+            sqlx::raw_sql(AssertSqlSafe(format!(
+                "SET LOCAL synchronous_commit = off; {}",
+                crate::rebuild::BATCH_SWAP_LOCK
+            )))
             .execute(&mut *tx)
             .await?;
+        } else {
+            sqlx::query(crate::rebuild::BATCH_SWAP_LOCK)
+                .execute(&mut *tx)
+                .await?;
+        }
         let mut partitions: Vec<i32> = batch.iter().map(|m| m.partition()).collect();
         partitions.sort_unstable();
         partitions.dedup();
-        for partition in &partitions {
-            sqlx::query(
-                "INSERT INTO projector_offsets (topic, partition, next_offset) VALUES ($1, $2, 0)
-                 ON CONFLICT DO NOTHING",
-            )
-            .bind(&self.settings.topic)
-            .bind(partition)
-            .execute(&mut *tx)
-            .await?;
-        }
+        sqlx::query(
+            "INSERT INTO projector_offsets (topic, partition, next_offset)
+             SELECT $1, p, 0 FROM UNNEST($2::int[]) AS t(p)
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(&self.settings.topic)
+        .bind(&partitions)
+        .execute(&mut *tx)
+        .await?;
         let mut next: BTreeMap<i32, i64> = sqlx::query_as::<_, (i32, i64)>(
             "SELECT partition, next_offset FROM projector_offsets
              WHERE topic = $1 AND partition = ANY($2) ORDER BY partition FOR UPDATE",
@@ -289,7 +318,16 @@ impl Projector {
             match decoded {
                 Ok(event) => {
                     let bytes = message.payload().unwrap_or_default();
-                    match applier.apply(&mut tx, event, bytes, position).await? {
+                    let decision = applier.apply(&mut tx, event, bytes, position).await?;
+                    if matches!(decision, Decision::Applied { .. })
+                        && matches!(
+                            event.payload,
+                            Some(Payload::DealsMerged(_) | Payload::DealsUnmerged(_))
+                        )
+                    {
+                        report.merges += 1;
+                    }
+                    match decision {
                         Decision::Applied { .. } | Decision::Ignored { .. } => report.applied += 1,
                         Decision::Rejected { .. } => report.rejected += 1,
                         Decision::Duplicate => report.duplicates += 1,
@@ -313,22 +351,21 @@ impl Projector {
             })
             .collect();
         checkpoint::record(&mut tx, &self.settings.topic, &floors, &consumed).await?;
-        for (partition, next_offset) in &next {
-            sqlx::query(
-                "UPDATE projector_offsets SET next_offset = GREATEST(next_offset, $3)
-                 WHERE topic = $1 AND partition = $2",
-            )
-            .bind(&self.settings.topic)
-            .bind(partition)
-            .bind(next_offset)
-            .execute(&mut *tx)
-            .await?;
-        }
-        // Delivered on commit: commands waiting for their outcome look again.
-        sqlx::query("SELECT pg_notify($1, '')")
-            .bind(&self.settings.notify_channel)
-            .execute(&mut *tx)
-            .await?;
+        // The notification is delivered on commit: commands waiting for
+        // their outcome look again. Joined in so that one round trip does
+        // both (a CTE that is not referenced would not run).
+        sqlx::query(
+            "WITH notified AS (SELECT pg_notify($4, ''))
+             UPDATE projector_offsets o SET next_offset = GREATEST(o.next_offset, t.n)
+             FROM UNNEST($2::int[], $3::bigint[]) AS t(p, n), notified
+             WHERE o.topic = $1 AND o.partition = t.p",
+        )
+        .bind(&self.settings.topic)
+        .bind(next.keys().copied().collect::<Vec<_>>())
+        .bind(next.values().copied().collect::<Vec<_>>())
+        .bind(&self.settings.notify_channel)
+        .execute(&mut *tx)
+        .await?;
         tx.commit().await?;
         for (outcome, n) in [
             ("applied", report.applied),

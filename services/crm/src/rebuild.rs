@@ -157,6 +157,7 @@ fn merge(total: &mut ReplayReport, pass: &ReplayReport) {
     total.batch.duplicates += pass.batch.duplicates;
     total.batch.skipped += pass.batch.skipped;
     total.batch.undecodable += pass.batch.undecodable;
+    total.batch.merges += pass.batch.merges;
     total.end_offsets.extend(pass.end_offsets.clone());
 }
 

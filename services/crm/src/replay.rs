@@ -4,7 +4,12 @@
 //! broker reports it while reading (partition EOF, not the high watermark,
 //! which tansu's memory engine undercounts).
 //!
-//! Partitions replay in parallel, one task each with its own transactions.
+//! Partitions replay in parallel, each with its own transactions: a reader
+//! task fills the next batch while a writer projects the current one.
+//! Replay batches commit without waiting for the WAL flush
+//! ([`Projector::with_async_commit`]): a crash of PostgreSQL can lose the
+//! last batches, but whole, offsets included, so a rerun replays them. A
+//! fresh schema gets its secondary indexes after the replay, not during it.
 //! A deal's events all live in one partition (the log is keyed by deal id)
 //! and the projection locks the deals of a batch by id, so a deal's rows
 //! never depend on how the partitions interleave. Two effects reach across
@@ -49,6 +54,10 @@ use crate::projector::{self, BatchReport, Projector, ProjectorSettings};
 const STALL_TIMEOUT: Duration = Duration::from_secs(60);
 /// Timeout of a metadata or watermark request.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
+/// Secondary indexes built at once at the end of a fresh replay, and the
+/// sort memory each may use.
+const INDEX_BUILDS: usize = 2;
+const INDEX_BUILD_MEMORY: &str = "128MB";
 /// How often a failed batch (a deadlock with another partition's merge, a
 /// dropped connection) is retried before the replay gives up.
 const BATCH_ATTEMPTS: u32 = 8;
@@ -207,38 +216,81 @@ pub async fn replay(
     } else {
         Vec::new()
     };
-    let result = replay_partitions(pool, settings, progress, &partitions).await;
+    let result = replay_partitions(pool, settings, progress, &partitions, fresh).await;
     restore_indexes(pool, &deferred).await?;
     result
 }
 
 /// Drops the secondary (non-unique) indexes of `schema` and returns the
 /// statements that recreate them.
-async fn defer_indexes(pool: &PgPool, schema: &str) -> Result<Vec<String>, Error> {
-    let indexes: Vec<(String, String)> = sqlx::query_as(
-        "SELECT format('%I.%I', n.nspname, c.relname), pg_get_indexdef(i.indexrelid)
+async fn defer_indexes(pool: &PgPool, schema: &str) -> Result<Vec<DeferredIndex>, Error> {
+    let indexes: Vec<(String, String, String)> = sqlx::query_as(
+        "SELECT format('%I.%I', n.nspname, c.relname), format('%I.%I', n.nspname, t.relname),
+             pg_get_indexdef(i.indexrelid)
          FROM pg_index i
          JOIN pg_class c ON c.oid = i.indexrelid
+         JOIN pg_class t ON t.oid = i.indrelid
          JOIN pg_namespace n ON n.oid = c.relnamespace
-         WHERE n.nspname = $1 AND NOT i.indisunique AND NOT i.indisprimary",
+         WHERE n.nspname = $1 AND NOT i.indisunique AND NOT i.indisprimary
+         ORDER BY c.relname",
     )
     .bind(schema)
     .fetch_all(pool)
     .await?;
-    for (name, _) in &indexes {
+    for (name, _, _) in &indexes {
         // The name comes from the catalogue, quoted by format('%I').
         pool.execute(AssertSqlSafe(format!("DROP INDEX {name}")))
             .await?;
     }
-    Ok(indexes.into_iter().map(|(_, def)| def).collect())
+    Ok(indexes
+        .into_iter()
+        .map(|(_, table, definition)| DeferredIndex { table, definition })
+        .collect())
 }
 
-async fn restore_indexes(pool: &PgPool, definitions: &[String]) -> Result<(), Error> {
-    for definition in definitions {
-        // pg_get_indexdef's own output, schema-qualified.
-        pool.execute(AssertSqlSafe(definition.clone())).await?;
+/// A secondary index dropped for a fresh replay.
+struct DeferredIndex {
+    /// Its table, schema-qualified and quoted.
+    table: String,
+    /// `pg_get_indexdef`'s statement that creates it.
+    definition: String,
+}
+
+async fn restore_indexes(pool: &PgPool, deferred: &[DeferredIndex]) -> Result<(), Error> {
+    use futures::{StreamExt, TryStreamExt};
+    if deferred.is_empty() {
+        return Ok(());
     }
-    Ok(())
+    // The biggest tables first, so that the last build to finish is a
+    // small one; a few side by side, each with room to sort in memory.
+    let tables: Vec<&str> = deferred.iter().map(|d| d.table.as_str()).collect();
+    let sizes: Vec<i64> = sqlx::query_scalar(
+        "SELECT pg_relation_size(t::regclass) FROM UNNEST($1::text[]) WITH ORDINALITY AS u(t, i)
+         ORDER BY i",
+    )
+    .bind(&tables)
+    .fetch_all(pool)
+    .await?;
+    let mut order: Vec<(i64, &str)> = sizes
+        .into_iter()
+        .zip(deferred.iter().map(|d| d.definition.as_str()))
+        .collect();
+    order.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(b.1)));
+    let builds = order.into_iter().map(|(_, definition)| async move {
+        let mut tx = pool.begin().await?;
+        tx.execute(AssertSqlSafe(format!(
+            "SET LOCAL maintenance_work_mem = '{INDEX_BUILD_MEMORY}'"
+        )))
+        .await?;
+        // pg_get_indexdef's own output, schema-qualified.
+        tx.execute(AssertSqlSafe(definition.to_owned())).await?;
+        tx.commit().await?;
+        Ok::<_, Error>(())
+    });
+    futures::stream::iter(builds)
+        .buffer_unordered(INDEX_BUILDS)
+        .try_collect::<()>()
+        .await
 }
 
 async fn replay_partitions(
@@ -246,18 +298,22 @@ async fn replay_partitions(
     settings: &ReplaySettings,
     progress: Arc<Progress>,
     partitions: &[i32],
+    fresh: bool,
 ) -> Result<ReplayReport, Error> {
-    let projector = Arc::new(Projector::new(
-        pool.clone(),
-        settings.kafka.clone(),
-        ProjectorSettings {
-            topic: settings.topic.clone(),
-            batch_size: settings.batch_size,
-            linger: Duration::ZERO,
-            initial_stage: settings.initial_stage.clone(),
-            notify_channel: crate::db::notify_channel(&settings.schema),
-        },
-    ));
+    let projector = Arc::new(
+        Projector::new(
+            pool.clone(),
+            settings.kafka.clone(),
+            ProjectorSettings {
+                topic: settings.topic.clone(),
+                batch_size: settings.batch_size,
+                linger: Duration::ZERO,
+                initial_stage: settings.initial_stage.clone(),
+                notify_channel: crate::db::notify_channel(&settings.schema),
+            },
+        )
+        .with_async_commit(),
+    );
     let mut tasks = tokio::task::JoinSet::new();
     for partition in partitions {
         let (pool, settings, projector, progress) = (
@@ -299,7 +355,12 @@ async fn replay_partitions(
     if let Some(error) = first_error {
         return Err(error);
     }
-    settle_merges(pool).await?;
+    // Nothing to settle if this pass read nothing, or if the schema holds
+    // only this pass's events and none of them was a merge; otherwise a
+    // new deal may be one an earlier merge named.
+    if report.records > 0 && (!fresh || report.batch.merges > 0) {
+        settle_merges(pool).await?;
+    }
     if settings.as_of.is_some() {
         // Records after the instant were left out, so a hash chain over
         // what was projected would not be the log's: a snapshot keeps none.
@@ -323,6 +384,7 @@ fn add(total: &mut BatchReport, part: &BatchReport) {
     total.skipped += part.skipped;
     total.undecodable += part.undecodable;
     total.already_projected += part.already_projected;
+    total.merges += part.merges;
 }
 
 /// The partition ids of `topic`; adds their high watermarks to
@@ -373,7 +435,12 @@ fn consumer(kafka: &KafkaSettings) -> Result<StreamConsumer<QuietEof>, Error> {
         .set("enable.auto.offset.store", "false")
         .set("enable.partition.eof", "true")
         .set("allow.auto.create.topics", "false")
-        .set("fetch.wait.max.ms", "100");
+        .set("fetch.wait.max.ms", "100")
+        // One consumer per partition: librdkafka's default prefetch (64 MiB
+        // queued, fetches of up to 50 MiB, each) would hold much of a large
+        // log in memory, for no gain in speed.
+        .set("queued.max.messages.kbytes", "2048")
+        .set("fetch.max.bytes", "1048576");
     for (key, value) in &kafka.passthrough {
         config.set(key, value);
     }
@@ -403,7 +470,7 @@ async fn replay_partition(
     settings: &ReplaySettings,
     projector: &Projector,
     partition: i32,
-    progress: &Progress,
+    progress: &Arc<Progress>,
 ) -> Result<ReplayReport, Error> {
     let stored: Option<i64> = sqlx::query_scalar(
         "SELECT next_offset FROM projector_offsets WHERE topic = $1 AND partition = $2",
@@ -412,19 +479,67 @@ async fn replay_partition(
     .bind(partition)
     .fetch_optional(pool)
     .await?;
+    let stop = settings
+        .until
+        .as_ref()
+        .map(|until| until.get(&partition).copied().unwrap_or(0));
+    let start = stored.unwrap_or(0);
+    if stop.is_some_and(|stop| start >= stop) {
+        let mut report = ReplayReport {
+            partitions: 1,
+            ..Default::default()
+        };
+        report.end_offsets.insert(partition, start);
+        return Ok(report);
+    }
+    // The reader fills the next batch while the current one is written,
+    // so PostgreSQL and the broker both keep working.
+    let (batches, mut incoming) = tokio::sync::mpsc::channel(2);
+    // Aborted with this task if the replay is stopped.
+    let reader = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(read_partition(
+        settings.clone(),
+        partition,
+        stored,
+        stop,
+        progress.clone(),
+        batches,
+    )));
+    let mut written = BatchReport::default();
+    let mut failed = None;
+    while let Some(batch) = incoming.recv().await {
+        if let Err(error) = project(projector, partition, &batch, &mut written).await {
+            failed = Some(error);
+            break;
+        }
+    }
+    // Dropping the receiver stops a reader still going.
+    drop(incoming);
+    let read = reader.await.map_err(|e| Error::Task(e.to_string()))?;
+    if let Some(error) = failed {
+        return Err(error);
+    }
+    let mut report = read?;
+    report.batch = written;
+    tracing::debug!(partition, records = report.records, "partition replayed");
+    Ok(report)
+}
+
+/// Reads one partition from `stored` (the beginning without it) to its end
+/// or `stop`, and sends its records in batches; returns what it read (the
+/// batch outcomes are the writer's).
+async fn read_partition(
+    settings: ReplaySettings,
+    partition: i32,
+    stored: Option<i64>,
+    stop: Option<i64>,
+    progress: Arc<Progress>,
+    batches: tokio::sync::mpsc::Sender<Vec<OwnedMessage>>,
+) -> Result<ReplayReport, Error> {
     let mut report = ReplayReport {
         partitions: 1,
         ..Default::default()
     };
     let mut next_offset = stored.unwrap_or(0);
-    let stop = settings
-        .until
-        .as_ref()
-        .map(|until| until.get(&partition).copied().unwrap_or(0));
-    if stop.is_some_and(|stop| next_offset >= stop) {
-        report.end_offsets.insert(partition, next_offset);
-        return Ok(report);
-    }
     let consumer = consumer(&settings.kafka)?;
     let mut list = TopicPartitionList::new();
     list.add_partition_offset(
@@ -446,7 +561,7 @@ async fn replay_partition(
             Ok(Err(KafkaError::PartitionEOF(p))) if p == partition => break,
             Ok(Err(KafkaError::PartitionEOF(_))) => continue,
             Ok(Err(error)) => return Err(error.into()),
-            Ok(Ok(message)) => message.detach(),
+            Ok(Ok(message)) => message,
         };
         if message.partition() != partition {
             continue;
@@ -458,32 +573,43 @@ async fn replay_partition(
         progress.done.fetch_add(1, Ordering::Relaxed);
         next_offset = message.offset() + 1;
         if let Some(as_of) = settings.as_of
-            && !occurred_by(&message, as_of)
+            && !occurred_by(message.payload(), as_of)
         {
             report.after_as_of += 1;
             continue;
         }
-        batch.push(message);
+        // The projection reads the key, value and position; the headers
+        // (trace context, CloudEvents attributes) are not copied.
+        batch.push(OwnedMessage::new(
+            message.payload().map(<[u8]>::to_vec),
+            message.key().map(<[u8]>::to_vec),
+            settings.topic.clone(),
+            message.timestamp(),
+            partition,
+            message.offset(),
+            None,
+        ));
         if batch.len() >= settings.batch_size {
-            project(projector, partition, &batch, &mut report.batch).await?;
-            batch.clear();
+            let full = std::mem::replace(&mut batch, Vec::with_capacity(settings.batch_size));
+            if batches.send(full).await.is_err() {
+                // The writer failed and says why.
+                return Ok(report);
+            }
         }
         if stop.is_some_and(|stop| next_offset >= stop) {
             break;
         }
     }
-    if !batch.is_empty() {
-        project(projector, partition, &batch, &mut report.batch).await?;
+    if !batch.is_empty() && batches.send(batch).await.is_err() {
+        return Ok(report);
     }
     report.end_offsets.insert(partition, next_offset);
-    tracing::debug!(partition, records = report.records, "partition replayed");
     Ok(report)
 }
 
 /// Whether the record is an event that occurred at or before `as_of`.
-fn occurred_by(message: &OwnedMessage, as_of: DateTime<Utc>) -> bool {
-    message
-        .payload()
+fn occurred_by(payload: Option<&[u8]>, as_of: DateTime<Utc>) -> bool {
+    payload
         .and_then(|bytes| envelope::decode(bytes).ok())
         .and_then(|event| {
             event

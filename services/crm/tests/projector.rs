@@ -316,3 +316,92 @@ async fn a_replay_into_another_schema_gives_identical_tables() {
     );
     assert_eq!(live, dump("crm_replay").await);
 }
+
+/// deal_id, field, value, source, event_id, recorded_at
+type ProvenanceRow = (
+    String,
+    String,
+    String,
+    String,
+    String,
+    Option<chrono::DateTime<chrono::Utc>>,
+);
+
+/// Migration 0003 folds the one-row-per-field provenance of an existing read
+/// model into one JSON row per deal; the `field_provenance` view shows the
+/// same rows as before, times to the microsecond and missing times kept.
+
+#[tokio::test]
+async fn provenance_survives_the_move_to_one_row_per_deal() {
+    common::init_telemetry();
+    let database = dealmesh_testkit::TestDatabase::create().await;
+    let pool = db::connect(&database.url, "crm", 2).await.expect("connect");
+    db::MIGRATOR.run_to(2, &pool).await.expect("migrations 1-2");
+    // deal_id, field, value, source, event_id, recorded_at
+    let rows: [[Option<&str>; 6]; 3] = [
+        [
+            Some("deal-a"),
+            Some("name"),
+            Some("Acme \"Robotics\""),
+            Some("github"),
+            Some("e1"),
+            Some("2026-01-02T03:04:05.123456Z"),
+        ],
+        [
+            Some("deal-a"),
+            Some("score"),
+            Some("81.50"),
+            Some("scoring/thesis-v1"),
+            Some("e2"),
+            None,
+        ],
+        [
+            Some("deal-b"),
+            Some("sector"),
+            Some("fintech"),
+            Some("analysis"),
+            Some("e3"),
+            Some("2025-12-31T23:59:59Z"),
+        ],
+    ];
+    for [deal, field, value, source, event, at] in rows {
+        sqlx::query(
+            "INSERT INTO field_provenance (deal_id, field, value, source, event_id, recorded_at)
+             VALUES ($1, $2, $3, $4, $5, $6::timestamptz)",
+        )
+        .bind(deal)
+        .bind(field)
+        .bind(value)
+        .bind(source)
+        .bind(event)
+        .bind(at)
+        .execute(&pool)
+        .await
+        .expect("old row");
+    }
+    let before: Vec<ProvenanceRow> =
+        sqlx::query_as("SELECT * FROM field_provenance ORDER BY deal_id, field")
+            .fetch_all(&pool)
+            .await
+            .expect("old rows");
+
+    db::migrate(&pool).await.expect("the remaining migrations");
+    let after: Vec<ProvenanceRow> = sqlx::query_as(
+        "SELECT deal_id, field, value, source, event_id, recorded_at FROM field_provenance
+             ORDER BY deal_id, field",
+    )
+    .fetch_all(&pool)
+    .await
+    .expect("the view");
+    assert_eq!(after, before);
+    assert_eq!(
+        scalar(
+            &pool,
+            "SELECT count(*) FROM deal_provenance WHERE deal_id <> $1",
+            ""
+        )
+        .await,
+        2,
+        "one row per deal"
+    );
+}
