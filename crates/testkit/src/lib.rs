@@ -22,6 +22,17 @@ pub use broker::kafka_bootstrap;
 pub use database::TestDatabase;
 pub use topics::{TopicRecord, create_topic, read_deal_events, read_topic, unique_topic_prefix};
 
+/// Peak resident memory (`VmHWM`, KiB) of process `pid`, from
+/// `/proc/<pid>/status`: for benchmarks that report what a process used.
+/// `None` off Linux or once the process is gone.
+pub fn peak_rss_kib(pid: Option<u32>) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", pid?)).ok()?;
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
 /// Runs blocking client calls (librdkafka, process spawning) off the async
 /// runtime, re-raising a panic with its original message.
 async fn blocking<T, F>(f: F) -> T

@@ -201,7 +201,7 @@ async fn main() -> anyhow::Result<()> {
         tokio::select! {
             status = child.wait() => break status?,
             () = tokio::time::sleep(std::time::Duration::from_millis(50)) => {
-                peak_kib = peak_kib.max(vm_hwm_kib(pid).unwrap_or(0));
+                peak_kib = peak_kib.max(dealmesh_testkit::peak_rss_kib(pid).unwrap_or(0));
             }
         }
     };
@@ -310,13 +310,4 @@ async fn checkpoint(pool: &sqlx::PgPool) {
             "no CHECKPOINT before the next phase ({error}): its time may include earlier writes"
         );
     }
-}
-
-/// Peak resident memory of a process, from `/proc/<pid>/status`.
-fn vm_hwm_kib(pid: Option<u32>) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{}/status", pid?)).ok()?;
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmHWM:"))
-        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
 }

@@ -76,6 +76,19 @@ pub struct BatchReport {
     pub merges: usize,
 }
 
+impl BatchReport {
+    /// Adds `other`'s counts to these.
+    pub fn add(&mut self, other: &BatchReport) {
+        self.applied += other.applied;
+        self.rejected += other.rejected;
+        self.duplicates += other.duplicates;
+        self.skipped += other.skipped;
+        self.undecodable += other.undecodable;
+        self.already_projected += other.already_projected;
+        self.merges += other.merges;
+    }
+}
+
 impl Projector {
     pub fn new(pool: PgPool, kafka: KafkaSettings, settings: ProjectorSettings) -> Self {
         Self {
@@ -250,19 +263,19 @@ impl Projector {
         let mut tx = self.pool.begin().await?;
         // A rebuild swapping this schema out holds the lock exclusively, so
         // no batch commits into a schema while it is being renamed away.
-        if self.async_commit {
-            // One round trip for both: constant statements, no parameters.
-            sqlx::raw_sql(AssertSqlSafe(format!(
+        // With async commit, one round trip sets it and takes the lock
+        // (constant statements, no parameters).
+        let setup = if self.async_commit {
+            format!(
                 "SET LOCAL synchronous_commit = off; {}",
                 crate::rebuild::BATCH_SWAP_LOCK
-            )))
+            )
+        } else {
+            crate::rebuild::BATCH_SWAP_LOCK.to_owned()
+        };
+        sqlx::raw_sql(AssertSqlSafe(setup))
             .execute(&mut *tx)
             .await?;
-        } else {
-            sqlx::query(crate::rebuild::BATCH_SWAP_LOCK)
-                .execute(&mut *tx)
-                .await?;
-        }
         let mut partitions: Vec<i32> = batch.iter().map(|m| m.partition()).collect();
         partitions.sort_unstable();
         partitions.dedup();

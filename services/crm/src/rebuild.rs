@@ -152,12 +152,7 @@ pub async fn rebuild(
 fn merge(total: &mut ReplayReport, pass: &ReplayReport) {
     total.records += pass.records;
     total.after_as_of += pass.after_as_of;
-    total.batch.applied += pass.batch.applied;
-    total.batch.rejected += pass.batch.rejected;
-    total.batch.duplicates += pass.batch.duplicates;
-    total.batch.skipped += pass.batch.skipped;
-    total.batch.undecodable += pass.batch.undecodable;
-    total.batch.merges += pass.batch.merges;
+    total.batch.add(&pass.batch);
     total.end_offsets.extend(pass.end_offsets.clone());
 }
 

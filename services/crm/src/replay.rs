@@ -337,7 +337,7 @@ async fn replay_partitions(
             Ok(Ok(part)) => {
                 report.records += part.records;
                 report.after_as_of += part.after_as_of;
-                add(&mut report.batch, &part.batch);
+                report.batch.add(&part.batch);
                 report.end_offsets.extend(part.end_offsets);
             }
             Ok(Err(error)) => {
@@ -375,16 +375,6 @@ async fn replay_partitions(
         "replay done"
     );
     Ok(report)
-}
-
-fn add(total: &mut BatchReport, part: &BatchReport) {
-    total.applied += part.applied;
-    total.rejected += part.rejected;
-    total.duplicates += part.duplicates;
-    total.skipped += part.skipped;
-    total.undecodable += part.undecodable;
-    total.already_projected += part.already_projected;
-    total.merges += part.merges;
 }
 
 /// The partition ids of `topic`; adds their high watermarks to
@@ -633,7 +623,7 @@ async fn project(
     loop {
         match projector.project_batch(batch).await {
             Ok(report) => {
-                add(total, &report);
+                total.add(&report);
                 return Ok(());
             }
             Err(error) if attempt < BATCH_ATTEMPTS => {

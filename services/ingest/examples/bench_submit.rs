@@ -133,7 +133,7 @@ async fn main() -> anyhow::Result<()> {
         ingest_cpu() - ingest_cpu0,
         cpu_of(&backends_after) - pg_cpu0,
     );
-    let ingest_hwm = vm_hwm_kib(ingest_pid);
+    let ingest_hwm = dealmesh_testkit::peak_rss_kib(ingest_pid);
     ingest.stop().await?;
     let ingest_elapsed = ingest_result?;
     let ingest_rate = args.deals as f64 / ingest_elapsed.as_secs_f64();
@@ -479,7 +479,7 @@ async fn bare_producer(args: &Args, input: &std::path::Path) -> anyhow::Result<(
         "deals_per_sec": args.deals as f64 / elapsed.as_secs_f64(),
         "elapsed_secs": elapsed.as_secs_f64(),
         "cpu_secs": cpu,
-        "vm_hwm_kib": vm_hwm_kib(Some(std::process::id())),
+        "vm_hwm_kib": dealmesh_testkit::peak_rss_kib(Some(std::process::id())),
     });
     println!("{report}");
     Ok(())
@@ -527,13 +527,4 @@ fn cpu_secs(pid: u32) -> Option<f64> {
         })
         .sum();
     Some(nanos as f64 / 1e9)
-}
-
-/// Peak resident memory of a process, from `/proc/<pid>/status`.
-fn vm_hwm_kib(pid: Option<u32>) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{}/status", pid?)).ok()?;
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmHWM:"))
-        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
 }
