@@ -77,6 +77,15 @@ impl CompanyKey {
         Uuid::new_v5(&DEAL_ID_NAMESPACE, self.as_canonical_string().as_bytes())
     }
 
+    /// The key of a company known by its website, from the website's
+    /// [`registrable_domain`].
+    pub fn from_registrable_domain(domain: String) -> CompanyKey {
+        CompanyKey {
+            kind: KeyKind::Domain,
+            value: domain,
+        }
+    }
+
     /// Derive from the raw inputs; website preferred, then GitHub owner, then name.
     ///
     /// Empty or whitespace-only inputs count as absent. The strongest present

@@ -123,11 +123,14 @@ pub fn validate(raw: DealSubmission, path: &str) -> Result<Submission, Vec<Viola
     }
 
     let website = raw.website.trim().to_owned();
-    if !website.is_empty()
-        && website.len() <= MAX_URL
-        && let Err(e) = company::registrable_domain(&website)
-    {
-        violation("website", e.to_string());
+    // The website decides the company key when present: its domain is
+    // worked out once, here.
+    let mut domain = None;
+    if !website.is_empty() && website.chars().count() <= MAX_URL {
+        match company::registrable_domain(&website) {
+            Ok(registrable) => domain = Some(registrable),
+            Err(e) => violation("website", e.to_string()),
+        }
     }
 
     let github_owner = raw.github_owner.trim().to_owned();
@@ -185,20 +188,26 @@ pub fn validate(raw: DealSubmission, path: &str) -> Result<Submission, Vec<Viola
     if !violations.is_empty() {
         return Err(violations);
     }
-    let company_key = CompanyKey::derive(
-        Some(&website).filter(|s| !s.is_empty()).map(String::as_str),
-        Some(&github_owner)
-            .filter(|s| !s.is_empty())
-            .map(String::as_str),
-        Some(&name).filter(|s| !s.is_empty()).map(String::as_str),
-    )
-    .map_err(|e| {
-        let field = match e {
-            KeyError::EmptyName | KeyError::NoIdentity => "name",
-            _ => "website",
-        };
-        vec![Violation::new(format!("{path}{field}"), e.to_string())]
-    })?;
+    // Every field is valid here, so a website is present exactly when its
+    // domain is known.
+    let company_key = match domain {
+        Some(domain) => CompanyKey::from_registrable_domain(domain),
+        None => CompanyKey::derive(
+            None,
+            Some(&github_owner)
+                .filter(|s| !s.is_empty())
+                .map(String::as_str),
+            Some(&name).filter(|s| !s.is_empty()).map(String::as_str),
+        )
+        .map_err(|e| {
+            let field = match e {
+                KeyError::EmptyName | KeyError::NoIdentity => "name",
+                KeyError::InvalidGithubOwner { .. } => "github_owner",
+                _ => "website",
+            };
+            vec![Violation::new(format!("{path}{field}"), e.to_string())]
+        })?,
+    };
     Ok(Submission {
         idempotency_key,
         source,
