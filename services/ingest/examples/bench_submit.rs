@@ -24,7 +24,11 @@
 //! 4. Prints both rates, the ratio, each process's peak resident memory
 //!    (`VmHWM`; the bare producer's includes every envelope it holds), and
 //!    the CPU time per deal of ingest, of the PostgreSQL backends serving it,
-//!    and of the bare producer (from `/proc/<pid>/task/*/schedstat`).
+//!    of the gRPC clients (this process) and of the bare producer (from
+//!    `/proc/<pid>/task/*/schedstat`), and how busy the whole machine was
+//!    in each phase (`/proc/stat`): on a machine that runs the broker,
+//!    PostgreSQL, ingest and the clients side by side, a phase at 100% is
+//!    bound by CPU, not by waiting.
 //!
 //! A warm-up batch on each side (connections, metadata) is not timed.
 //! `--ingest-env` and `--pg-setup` try a setting or a schema change. The
@@ -122,9 +126,13 @@ async fn main() -> anyhow::Result<()> {
     // it (backends the pool opens during the phase count from their start).
     let ingest_pid = ingest.child.id();
     let ingest_cpu = || ingest_pid.and_then(cpu_secs).unwrap_or_default();
+    let own_cpu = || cpu_secs(std::process::id()).unwrap_or_default();
     let backends_before = backends(&db.pool).await?;
-    let (ingest_cpu0, pg_cpu0) = (ingest_cpu(), cpu_of(&backends_before));
+    let (ingest_cpu0, pg_cpu0, client_cpu0) = (ingest_cpu(), cpu_of(&backends_before), own_cpu());
+    let machine0 = machine_ticks();
     let ingest_result = submit_timed(&args, clients).await;
+    let machine_busy = busy_share(machine0, machine_ticks());
+    let client_cpu = own_cpu() - client_cpu0;
     let mut backends_after = backends(&db.pool).await?;
     backends_after.extend(backends_before);
     backends_after.sort_unstable();
@@ -215,11 +223,20 @@ async fn main() -> anyhow::Result<()> {
     );
     let per_deal = |secs: f64| secs * 1e6 / args.deals as f64;
     println!(
-        "CPU per deal: ingest {:.0} us + its PostgreSQL backends {:.0} us; bare producer {:.0} us \
-         (broker not counted)",
+        "CPU per deal: ingest {:.0} us + its PostgreSQL backends {:.0} us + the gRPC clients {:.0} us; \
+         bare producer {:.0} us (broker not counted)",
         per_deal(ingest_cpu),
         per_deal(pg_cpu),
+        per_deal(client_cpu),
         per_deal(bare["cpu_secs"].as_f64().unwrap_or_default()),
+    );
+    let percent =
+        |share: Option<f64>| share.map_or("n/a".to_owned(), |s| format!("{:.0}%", s * 100.0));
+    println!(
+        "machine CPU busy ({} cores): {} while ingest ran, {} while the bare producer ran",
+        std::thread::available_parallelism().map_or(0, usize::from),
+        percent(machine_busy),
+        percent(bare["machine_busy"].as_f64()),
     );
     println!(
         "ratio: {:.1}% of the bare producer (target 80%: {})",
@@ -453,6 +470,7 @@ async fn bare_producer(args: &Args, input: &std::path::Path) -> anyhow::Result<(
     let timed = Arc::new(timed);
     let next = Arc::new(AtomicUsize::new(0));
     let cpu_before = cpu_secs(std::process::id()).unwrap_or_default();
+    let machine_before = machine_ticks();
     let started = Instant::now();
     let tasks: Vec<_> = (0..args.clients)
         .map(|_| {
@@ -474,11 +492,13 @@ async fn bare_producer(args: &Args, input: &std::path::Path) -> anyhow::Result<(
         task.await??;
     }
     let elapsed = started.elapsed();
+    let machine_busy = busy_share(machine_before, machine_ticks());
     let cpu = cpu_secs(std::process::id()).unwrap_or_default() - cpu_before;
     let report = json!({
         "deals_per_sec": args.deals as f64 / elapsed.as_secs_f64(),
         "elapsed_secs": elapsed.as_secs_f64(),
         "cpu_secs": cpu,
+        "machine_busy": machine_busy,
         "vm_hwm_kib": dealmesh_testkit::peak_rss_kib(Some(std::process::id())),
     });
     println!("{report}");
@@ -527,4 +547,30 @@ fn cpu_secs(pid: u32) -> Option<f64> {
         })
         .sum();
     Some(nanos as f64 / 1e9)
+}
+
+/// The whole machine's busy and total CPU time so far, in clock ticks, from
+/// the first line of `/proc/stat` (idle and iowait are not busy).
+fn machine_ticks() -> Option<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let ticks: Vec<u64> = stat
+        .lines()
+        .next()?
+        .split_whitespace()
+        .skip(1)
+        .take(8)
+        .map(str::parse)
+        .collect::<Result<_, _>>()
+        .ok()?;
+    let total: u64 = ticks.iter().sum();
+    let idle = ticks.get(3)? + ticks.get(4)?;
+    Some((total - idle, total))
+}
+
+/// The share of the machine's CPU time that was busy between two readings
+/// (clock ticks: a phase under a second is measured to a few percent).
+fn busy_share(before: Option<(u64, u64)>, after: Option<(u64, u64)>) -> Option<f64> {
+    let ((busy0, total0), (busy1, total1)) = (before?, after?);
+    let total = total1.checked_sub(total0).filter(|&t| t > 0)?;
+    Some(busy1.saturating_sub(busy0) as f64 / total as f64)
 }
