@@ -142,6 +142,100 @@ pub async fn pause(
     }
 }
 
+/// What a poller makes of one answer from its provider.
+pub(crate) enum Answer<T> {
+    /// The result: a page, or an error another attempt cannot fix.
+    Done(Result<T>),
+    /// Worth another attempt after `wait`; `reason` is what this one got,
+    /// reported if the attempts run out.
+    Retry { wait: Duration, reason: String },
+}
+
+impl<T> Answer<T> {
+    /// 202 (the provider is still computing the answer) or a 5xx: back off
+    /// and try again.
+    pub(crate) fn not_ready(provider: &'static str, attempt: u32, status: u16) -> Self {
+        tracing::warn!(
+            provider,
+            attempt,
+            status,
+            "provider answer not ready or server error"
+        );
+        Answer::Retry {
+            wait: backoff(attempt),
+            reason: format!("HTTP {status}"),
+        }
+    }
+}
+
+/// One provider request, attempted up to `max_attempts` times: `prepare`
+/// waits for the provider's pacing or rate limit and builds the request,
+/// `answer` reads what came back. Transport failures (timeouts, refused
+/// connections) are retried with [`backoff`]; every attempt is counted in
+/// the request metrics; a cancelled `cancel` stops every wait at once.
+pub(crate) async fn with_retries<'a, T>(
+    provider: &'static str,
+    max_attempts: u32,
+    clock: &dyn Clock,
+    metrics: &metrics::PollerMetrics,
+    cancel: &CancellationToken,
+    mut prepare: impl FnMut() -> BoxFuture<'a, Result<reqwest::RequestBuilder>>,
+    mut answer: impl FnMut(u32, reqwest::Response) -> BoxFuture<'a, Answer<T>>,
+) -> Result<T> {
+    let mut last = String::new();
+    for attempt in 1..=max_attempts {
+        let request = prepare().await?;
+        let sent = tokio::select! {
+            () = cancel.cancelled() => return Err(Error::Cancelled),
+            sent = request.send() => sent,
+        };
+        let wait = match sent {
+            Err(error) => {
+                metrics.request(
+                    provider,
+                    if error.is_timeout() {
+                        "timeout"
+                    } else {
+                        "error"
+                    },
+                );
+                last = transport_message(&error);
+                tracing::warn!(provider, attempt, error = %last, "provider request failed");
+                backoff(attempt)
+            }
+            Ok(response) => {
+                metrics.request(provider, response.status().as_str());
+                match answer(attempt, response).await {
+                    Answer::Done(result) => return result,
+                    Answer::Retry { wait, reason } => {
+                        last = reason;
+                        wait
+                    }
+                }
+            }
+        };
+        if attempt < max_attempts {
+            pause(clock, wait, cancel).await?;
+        }
+    }
+    Err(Error::GaveUp {
+        provider,
+        attempts: max_attempts,
+        last,
+    })
+}
+
+/// What a failed request's error says, briefly.
+fn transport_message(error: &reqwest::Error) -> String {
+    if error.is_timeout() {
+        "timed out".to_owned()
+    } else if error.is_connect() {
+        format!("cannot connect: {error}")
+    } else {
+        error.to_string()
+    }
+}
+
 /// Exponential backoff with full jitter in its upper half: attempt 1 waits
 /// 0.5-1 s, attempt 2 1-2 s, ... up to [`BACKOFF_MAX`]. Jitter keeps many
 /// installations from retrying in lockstep.

@@ -15,6 +15,7 @@ use std::num::NonZeroU32;
 
 use dealmesh_proto::v1::DealSubmission;
 use dealmesh_runtime::shutdown::CancellationToken;
+use futures::future::BoxFuture;
 use governor::middleware::NoOpMiddleware;
 use governor::nanos::Nanos;
 use governor::state::{InMemoryState, NotKeyed};
@@ -27,7 +28,7 @@ use url::Url;
 use super::metrics::PollerMetrics;
 use super::settings::{CrunchbaseSearch, CrunchbaseSettings, HttpSettings};
 use super::state::StateStore;
-use super::{Error, Result, SearchReport, SearchRun, SharedClock, pause};
+use super::{Answer, Error, Result, SearchReport, SearchRun, SharedClock, pause};
 use crate::ingestor::Ingestor;
 use crate::validate::{MAX_ATTRIBUTE_VALUE, MAX_DESCRIPTION};
 
@@ -359,92 +360,74 @@ impl CrunchbasePoller {
                 message: format!("no user key: set {}", crate::config::CRUNCHBASE_USER_KEY),
             });
         };
-        let mut last = String::new();
-        for attempt in 1..=self.max_attempts {
-            self.paced(cancel).await?;
-            let request = self
-                .http
-                .post(url.clone())
-                .header("X-cb-user-key", user_key.expose_secret())
-                .header(reqwest::header::ACCEPT, "application/json")
-                .json(body);
-            let sent = tokio::select! {
-                () = cancel.cancelled() => return Err(Error::Cancelled),
-                sent = request.send() => sent,
-            };
-            let retry_in = match sent {
-                Err(error) => {
-                    self.metrics.request(
-                        PROVIDER,
-                        if error.is_timeout() {
-                            "timeout"
-                        } else {
-                            "error"
-                        },
-                    );
-                    last = if error.is_timeout() {
-                        "timed out".to_owned()
-                    } else {
-                        error.to_string()
-                    };
-                    tracing::warn!(attempt, error = %last, "crunchbase request failed");
-                    super::backoff(attempt)
+        let prepare = || -> BoxFuture<'_, Result<reqwest::RequestBuilder>> {
+            Box::pin(async move {
+                self.paced(cancel).await?;
+                Ok(self
+                    .http
+                    .post(url.clone())
+                    .header("X-cb-user-key", user_key.expose_secret())
+                    .header(reqwest::header::ACCEPT, "application/json")
+                    .json(body))
+            })
+        };
+        let answer = |attempt, response| -> BoxFuture<'_, Answer<Vec<Value>>> {
+            Box::pin(self.answer(url, attempt, response))
+        };
+        super::with_retries(
+            PROVIDER,
+            self.max_attempts,
+            self.clock.as_ref(),
+            &self.metrics,
+            cancel,
+            prepare,
+            answer,
+        )
+        .await
+    }
+
+    /// What one Crunchbase answer means: a page, a wait, or an error.
+    async fn answer(
+        &self,
+        url: &Url,
+        attempt: u32,
+        response: reqwest::Response,
+    ) -> Answer<Vec<Value>> {
+        let status = response.status().as_u16();
+        match status {
+            200 => Answer::Done(self.page(url, response).await),
+            429 => {
+                let wait = super::retry_after(response.headers(), self.clock.now())
+                    .unwrap_or_else(|| super::backoff(attempt));
+                tracing::warn!(
+                    attempt,
+                    wait_ms = wait.as_millis() as u64,
+                    "crunchbase rate limited"
+                );
+                Answer::Retry {
+                    wait,
+                    reason: "HTTP 429: rate limited".to_owned(),
                 }
-                Ok(response) => {
-                    let status = response.status().as_u16();
-                    self.metrics.request(PROVIDER, &status.to_string());
-                    let headers = response.headers().clone();
-                    match status {
-                        200 => return self.page(url, response).await,
-                        429 => {
-                            last = "HTTP 429: rate limited".to_owned();
-                            let wait = super::retry_after(&headers, self.clock.now())
-                                .unwrap_or_else(|| super::backoff(attempt));
-                            tracing::warn!(
-                                attempt,
-                                wait_ms = wait.as_millis() as u64,
-                                "crunchbase rate limited"
-                            );
-                            wait
-                        }
-                        400 | 422 => {
-                            let text = super::error_text(response).await;
-                            return Err(Error::InvalidSearch {
-                                provider: PROVIDER,
-                                status,
-                                message: crunchbase_message(&text),
-                            });
-                        }
-                        202 | 500..=599 => {
-                            last = format!("HTTP {status}");
-                            tracing::warn!(
-                                attempt,
-                                status,
-                                "crunchbase answer not ready or server error"
-                            );
-                            super::backoff(attempt)
-                        }
-                        _ => {
-                            let text = super::error_text(response).await;
-                            return Err(Error::Status {
-                                provider: PROVIDER,
-                                url: url.to_string(),
-                                status,
-                                message: crunchbase_message(&text),
-                            });
-                        }
-                    }
-                }
-            };
-            if attempt < self.max_attempts {
-                pause(self.clock.as_ref(), retry_in, cancel).await?;
+            }
+            400 | 422 => {
+                let text = super::error_text(response).await;
+                Answer::Done(Err(Error::InvalidSearch {
+                    provider: PROVIDER,
+                    status,
+                    message: crunchbase_message(&text),
+                }))
+            }
+            202 | 500..=599 => Answer::not_ready(PROVIDER, attempt, status),
+            _ => {
+                let text = super::error_text(response).await;
+                Answer::Done(Err(Error::Status {
+                    provider: PROVIDER,
+                    url: url.to_string(),
+                    status,
+                    message: crunchbase_message(&text),
+                }))
             }
         }
-        Err(Error::GaveUp {
-            provider: PROVIDER,
-            attempts: self.max_attempts,
-            last,
-        })
     }
 
     async fn page(&self, url: &Url, response: reqwest::Response) -> Result<Vec<Value>> {

@@ -24,6 +24,7 @@ use std::sync::Mutex;
 use chrono::{DateTime, TimeZone, Utc};
 use dealmesh_proto::v1::DealSubmission;
 use dealmesh_runtime::shutdown::CancellationToken;
+use futures::future::BoxFuture;
 use reqwest::header::{ACCEPT, HeaderMap, IF_NONE_MATCH, LINK};
 use secrecy::ExposeSecret;
 use serde::Deserialize;
@@ -32,7 +33,7 @@ use url::Url;
 use super::metrics::PollerMetrics;
 use super::settings::{GithubSettings, HttpSettings};
 use super::state::StateStore;
-use super::{Error, Result, SearchReport, SearchRun, SharedClock, pause};
+use super::{Answer, Error, Result, SearchReport, SearchRun, SharedClock, pause};
 use crate::ingestor::Ingestor;
 use crate::validate::{MAX_ATTRIBUTE_VALUE, MAX_DESCRIPTION};
 
@@ -329,115 +330,102 @@ impl GithubPoller {
         etag: Option<&str>,
         cancel: &CancellationToken,
     ) -> Result<Fetched> {
-        let mut last = String::new();
-        for attempt in 1..=self.max_attempts {
-            self.wait_for_rate_limit(cancel).await?;
-            let mut request = self
-                .http
-                .get(url.clone())
-                .header(ACCEPT, "application/vnd.github+json")
-                .header("X-GitHub-Api-Version", API_VERSION);
-            if let Some(token) = &self.settings.token {
-                request = request.bearer_auth(token.expose_secret());
-            }
-            if let Some(etag) = etag {
-                request = request.header(IF_NONE_MATCH, etag);
-            }
-            let sent = tokio::select! {
-                () = cancel.cancelled() => return Err(Error::Cancelled),
-                sent = request.send() => sent,
-            };
-            let retry_in = match sent {
-                Err(error) => {
-                    self.metrics.request(
-                        PROVIDER,
-                        if error.is_timeout() {
-                            "timeout"
-                        } else {
-                            "error"
-                        },
+        let prepare = || -> BoxFuture<'_, Result<reqwest::RequestBuilder>> {
+            Box::pin(async move {
+                self.wait_for_rate_limit(cancel).await?;
+                let mut request = self
+                    .http
+                    .get(url.clone())
+                    .header(ACCEPT, "application/vnd.github+json")
+                    .header("X-GitHub-Api-Version", API_VERSION);
+                if let Some(token) = &self.settings.token {
+                    request = request.bearer_auth(token.expose_secret());
+                }
+                if let Some(etag) = etag {
+                    request = request.header(IF_NONE_MATCH, etag);
+                }
+                Ok(request)
+            })
+        };
+        let answer = |attempt, response| -> BoxFuture<'_, Answer<Fetched>> {
+            Box::pin(self.answer(url, attempt, response))
+        };
+        super::with_retries(
+            PROVIDER,
+            self.max_attempts,
+            self.clock.as_ref(),
+            &self.metrics,
+            cancel,
+            prepare,
+            answer,
+        )
+        .await
+    }
+
+    /// What one GitHub answer means: a page, a wait, or an error.
+    async fn answer(
+        &self,
+        url: &Url,
+        attempt: u32,
+        response: reqwest::Response,
+    ) -> Answer<Fetched> {
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        self.note_rate_limit(&headers);
+        match status {
+            200 => Answer::Done(self.page(url, &headers, response).await),
+            304 => Answer::Done(Ok(Fetched::NotModified)),
+            403 | 429 => {
+                let body = super::error_text(response).await;
+                let reason = format!("HTTP {status}: {}", github_message(&body));
+                let wait = if let Some(wait) = super::retry_after(&headers, self.clock.now()) {
+                    tracing::warn!(
+                        attempt,
+                        wait_secs = wait.as_secs(),
+                        "github asked to retry later"
                     );
-                    last = transport_message(&error);
-                    tracing::warn!(attempt, error = %last, "github request failed");
+                    wait
+                } else if remaining(&headers) == Some(0) {
+                    tracing::warn!(attempt, "github rate limit exhausted");
+                    // wait_for_rate_limit waits until the reset.
+                    std::time::Duration::ZERO
+                } else if status == 429 {
                     super::backoff(attempt)
-                }
-                Ok(response) => {
-                    let status = response.status().as_u16();
-                    self.metrics.request(PROVIDER, &status.to_string());
-                    let headers = response.headers().clone();
-                    self.note_rate_limit(&headers);
-                    match status {
-                        200 => return self.page(url, &headers, response).await,
-                        304 => return Ok(Fetched::NotModified),
-                        403 | 429 => {
-                            let body = super::error_text(response).await;
-                            last = format!("HTTP {status}: {}", github_message(&body));
-                            if let Some(wait) = super::retry_after(&headers, self.clock.now()) {
-                                tracing::warn!(
-                                    attempt,
-                                    wait_secs = wait.as_secs(),
-                                    "github asked to retry later"
-                                );
-                                wait
-                            } else if remaining(&headers) == Some(0) {
-                                tracing::warn!(attempt, "github rate limit exhausted");
-                                // wait_for_rate_limit waits until the reset.
-                                std::time::Duration::ZERO
-                            } else if status == 429 {
-                                super::backoff(attempt)
-                            } else if body.to_ascii_lowercase().contains("secondary rate limit") {
-                                // GitHub asks for at least a minute, then
-                                // growing waits, when it names no time.
-                                tracing::warn!(attempt, "github secondary rate limit");
-                                SECONDARY_LIMIT_WAIT.max(super::backoff(attempt))
-                            } else {
-                                return Err(Error::Status {
-                                    provider: PROVIDER,
-                                    url: url.to_string(),
-                                    status,
-                                    message: github_message(&body),
-                                });
-                            }
-                        }
-                        422 => {
-                            let body = super::error_text(response).await;
-                            return Err(Error::InvalidSearch {
-                                provider: PROVIDER,
-                                status,
-                                message: github_message(&body),
-                            });
-                        }
-                        // 202: GitHub is still computing the answer.
-                        202 | 500..=599 => {
-                            last = format!("HTTP {status}");
-                            tracing::warn!(
-                                attempt,
-                                status,
-                                "github answer not ready or server error"
-                            );
-                            super::backoff(attempt)
-                        }
-                        _ => {
-                            let body = super::error_text(response).await;
-                            return Err(Error::Status {
-                                provider: PROVIDER,
-                                url: url.to_string(),
-                                status,
-                                message: github_message(&body),
-                            });
-                        }
-                    }
-                }
-            };
-            if attempt < self.max_attempts {
-                pause(self.clock.as_ref(), retry_in, cancel).await?;
+                } else if body.to_ascii_lowercase().contains("secondary rate limit") {
+                    // GitHub asks for at least a minute, then growing
+                    // waits, when it names no time.
+                    tracing::warn!(attempt, "github secondary rate limit");
+                    SECONDARY_LIMIT_WAIT.max(super::backoff(attempt))
+                } else {
+                    return Answer::Done(Err(Error::Status {
+                        provider: PROVIDER,
+                        url: url.to_string(),
+                        status,
+                        message: github_message(&body),
+                    }));
+                };
+                Answer::Retry { wait, reason }
+            }
+            422 => {
+                let body = super::error_text(response).await;
+                Answer::Done(Err(Error::InvalidSearch {
+                    provider: PROVIDER,
+                    status,
+                    message: github_message(&body),
+                }))
+            }
+            // 202: GitHub is still computing the answer.
+            202 | 500..=599 => Answer::not_ready(PROVIDER, attempt, status),
+            _ => {
+                let body = super::error_text(response).await;
+                Answer::Done(Err(Error::Status {
+                    provider: PROVIDER,
+                    url: url.to_string(),
+                    status,
+                    message: github_message(&body),
+                }))
             }
         }
-        Err(Error::GaveUp {
-            provider: PROVIDER,
-            attempts: self.max_attempts,
-            last,
-        })
     }
 
     async fn page(
@@ -567,16 +555,6 @@ fn github_message(body: &str) -> String {
         Err(_) => body.trim().to_owned(),
     };
     super::clip(&text, 500)
-}
-
-fn transport_message(error: &reqwest::Error) -> String {
-    if error.is_timeout() {
-        "timed out".to_owned()
-    } else if error.is_connect() {
-        format!("cannot connect: {error}")
-    } else {
-        error.to_string()
-    }
 }
 
 /// The sighting of one repository.
