@@ -37,15 +37,33 @@ where
     F: FnOnce(C) -> Fut,
     Fut: Future<Output = anyhow::Result<ExitCode>>,
 {
-    let config_error = |error: ConfigError| {
-        eprintln!("{service}: configuration: {error}");
-        ExitCode::from(crate::EXIT_CONFIG as u8)
-    };
-    let source = match config::from_environment() {
+    run_reporting(service, false, parse, command)
+}
+
+/// [`run`] for a command that, when `reporting`, prints its report on
+/// stdout, where the logs also go: unless `DEALMESH_LOG` or `RUST_LOG` asks
+/// for more, only errors are logged then (and problems are on stderr too).
+pub fn run_reporting<C, F, Fut>(
+    service: &str,
+    reporting: bool,
+    parse: impl FnOnce(&dyn Source) -> Result<C, ConfigError>,
+    command: F,
+) -> ExitCode
+where
+    C: Debug,
+    F: FnOnce(C) -> Fut,
+    Fut: Future<Output = anyhow::Result<ExitCode>>,
+{
+    let mut source = match config::from_environment() {
         Ok(source) => source,
-        Err(error) => return config_error(error),
+        Err(error) => return config_error(service, &error),
     };
-    let telemetry_config = match TelemetryConfig::from_source(&source, service) {
+    if reporting && !source.0.contains_key("DEALMESH_LOG") && !source.0.contains_key("RUST_LOG") {
+        source.0.insert("DEALMESH_LOG".into(), "error".into());
+    }
+    let source = &source;
+    let config_error = |error: ConfigError| config_error(service, &error);
+    let telemetry_config = match TelemetryConfig::from_source(source, service) {
         Ok(c) => c,
         Err(error) => return config_error(error),
     };
@@ -57,7 +75,7 @@ where
             return ExitCode::from(EXIT_SOFTWARE);
         }
     };
-    let config = match parse(&source) {
+    let config = match parse(source) {
         Ok(c) => c,
         Err(error) => return config_error(error),
     };
@@ -85,6 +103,11 @@ where
             ExitCode::FAILURE
         }
     }
+}
+
+fn config_error(service: &str, error: &ConfigError) -> ExitCode {
+    eprintln!("{service}: configuration: {error}");
+    ExitCode::from(crate::EXIT_CONFIG as u8)
 }
 
 /// Runs a built service until SIGTERM or SIGINT, then lets it drain for at

@@ -9,8 +9,7 @@ use dealmesh_crm::app::{self, App};
 use dealmesh_crm::config::CrmConfig;
 use dealmesh_proto::v1::crm_service_client::CrmServiceClient;
 use dealmesh_proto::v1::{CrmCommand, CrmDealSort, ListDealsRequest, MoveStageRequest};
-use dealmesh_runtime::shutdown::{self, CancellationToken};
-use dealmesh_runtime::telemetry::{self, TelemetryConfig};
+use dealmesh_runtime::launch;
 
 /// A replay allocates and frees a few small strings per field of every
 /// event; mimalloc does that at a fraction of the system allocator's cost.
@@ -115,91 +114,43 @@ fn main() -> ExitCode {
         } => return client(server, token, call),
         Command::Serve | Command::Migrate | Command::Rebuild(_) | Command::Audit(_) => {}
     }
-    let mut source = match dealmesh_runtime::config::from_environment() {
-        Ok(source) => source,
-        Err(error) => return config_error(&error),
-    };
-    // Audits print their results on stdout, where logs also go: only
-    // errors are logged unless asked for (problems are also on stderr).
-    if matches!(cli.command, Command::Audit(_))
-        && !source.0.contains_key("DEALMESH_LOG")
-        && !source.0.contains_key("RUST_LOG")
-    {
-        source.0.insert("DEALMESH_LOG".into(), "error".into());
-    }
-    let telemetry_config = match TelemetryConfig::from_source(&source, "dealmesh-crm") {
-        Ok(c) => c,
-        Err(error) => return config_error(&error),
-    };
-    let _telemetry = match telemetry::init(&telemetry_config) {
-        Ok(guard) => guard,
-        Err(error) => {
-            eprintln!("dealmesh-crm: telemetry: {error:#}");
-            return ExitCode::from(70);
-        }
-    };
-    let parsed = match cli.command {
-        Command::Serve => CrmConfig::from_source(&source),
-        _ => CrmConfig::for_offline_commands(&source),
-    };
-    let config = match parsed {
-        Ok(c) => c,
-        Err(error) => return config_error(&error),
-    };
-    tracing::info!(config = ?config, "effective configuration");
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(error) => return runtime_error(&error),
-    };
-    let result = runtime.block_on(async move {
-        match cli.command {
-            Command::Serve => serve(config).await,
-            Command::Rebuild(args) => Ok(dealmesh_crm::cli::rebuild(&args, &config).await),
-            Command::Audit(command) => {
-                Ok(dealmesh_crm::cli::audit(&command, &config, &mut std::io::stdout()).await)
+    let serving = matches!(cli.command, Command::Serve);
+    // An audit prints its report on stdout, where the logs also go.
+    let reporting = matches!(cli.command, Command::Audit(_));
+    launch::run_reporting(
+        "dealmesh-crm",
+        reporting,
+        |source| {
+            if serving {
+                CrmConfig::from_source(source)
+            } else {
+                CrmConfig::for_offline_commands(source)
             }
-            _ => {
-                app::database(&config).await?;
-                tracing::info!(schema = %config.schema, "migrations applied");
-                Ok(ExitCode::SUCCESS)
+        },
+        |config| async move {
+            match cli.command {
+                Command::Serve => {
+                    let grace = config.shutdown_grace;
+                    let app = App::build(config).await?;
+                    launch::serve(grace, |shutdown| app.run(shutdown)).await
+                }
+                Command::Rebuild(args) => Ok(dealmesh_crm::cli::rebuild(&args, &config).await),
+                Command::Audit(command) => {
+                    Ok(dealmesh_crm::cli::audit(&command, &config, &mut std::io::stdout()).await)
+                }
+                _ => {
+                    app::database(&config).await?;
+                    tracing::info!(schema = %config.schema, "migrations applied");
+                    Ok(ExitCode::SUCCESS)
+                }
             }
-        }
-    });
-    match result {
-        Ok(code) => code,
-        Err(error) => {
-            tracing::error!(error = format!("{error:#}"), "failed");
-            eprintln!("dealmesh-crm: {error:#}");
-            ExitCode::FAILURE
-        }
-    }
-}
-
-fn config_error(error: &dealmesh_runtime::config::ConfigError) -> ExitCode {
-    eprintln!("dealmesh-crm: configuration: {error}");
-    ExitCode::from(dealmesh_runtime::EXIT_CONFIG as u8)
+        },
+    )
 }
 
 fn runtime_error(error: &std::io::Error) -> ExitCode {
     eprintln!("dealmesh-crm: cannot start runtime: {error}");
-    ExitCode::from(70)
-}
-
-async fn serve(config: CrmConfig) -> anyhow::Result<ExitCode> {
-    let grace = config.shutdown_grace;
-    let app = App::build(config).await?;
-    let token = CancellationToken::new();
-    shutdown::cancel_on_signal(token.clone());
-    let run = tokio::spawn(app.run(token.clone()));
-    token.cancelled().await;
-    match tokio::time::timeout(grace, run).await {
-        Ok(joined) => joined??,
-        Err(_) => tracing::warn!(grace_secs = grace.as_secs(), "grace period over, exiting"),
-    }
-    Ok(ExitCode::SUCCESS)
+    ExitCode::from(dealmesh_runtime::launch::EXIT_SOFTWARE)
 }
 
 fn parse_ttl(ttl: &str) -> Option<Duration> {

@@ -194,8 +194,8 @@ struct EventRow {
 /// in memory while the batch applies (later events decide on the state the
 /// earlier ones left) and written at the end: the deals in one statement,
 /// sources, stage history, notes and provenance in another, and the `events`
-/// rows by binary `COPY`. Votes, shares and merges, which read what they write, still go to the
-/// database per event.
+/// rows by binary `COPY`. Votes, shares and merges, which read what they
+/// write, still go to the database per event.
 pub struct Batch {
     initial_stage: String,
     /// Event ids already in `events`, or earlier in this batch.

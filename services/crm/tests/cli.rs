@@ -207,3 +207,75 @@ async fn serve_needs_token_settings_that_offline_commands_do_not() {
     assert_eq!(out.status.code(), Some(64), "{stderr}");
     assert!(stderr.contains("DEALMESH_JWT_HS256_SECRET"), "{stderr}");
 }
+
+/// `serve` as a platform runs it: ready, then SIGTERM, then a clean exit
+/// within the grace period.
+#[tokio::test]
+async fn serve_exits_zero_on_sigterm() {
+    use std::io::BufRead;
+    use std::time::{Duration, Instant};
+
+    let h = Harness::new(1).await;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_dealmesh-crm"))
+        .arg("serve")
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("DATABASE_URL", &h.db.url)
+        .env(
+            "DEALMESH_KAFKA_BOOTSTRAP_SERVERS",
+            &h.kafka.bootstrap_servers,
+        )
+        .env("DEALMESH_TOPIC_PREFIX", &h.kafka.topic_prefix)
+        .env(
+            "DEALMESH_JWT_HS256_SECRET",
+            "a-test-secret-of-at-least-32-characters",
+        )
+        .env("DEALMESH_CRM_GRPC_ADDR", "127.0.0.1:0")
+        .env("DEALMESH_CRM_ADMIN_ADDR", "127.0.0.1:0")
+        .env("DEALMESH_SHUTDOWN_GRACE", "10s")
+        .env("DEALMESH_LOG_FORMAT", "json")
+        .env("DEALMESH_LOG", "info")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit())
+        .spawn()
+        .expect("dealmesh-crm runs");
+    let stdout = child.stdout.take().expect("piped stdout");
+    let (lines, listening) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let log: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
+            if log["message"] == "listening" {
+                let _ = lines.send(log["listener"].as_str().unwrap_or_default().to_owned());
+            }
+        }
+    });
+    let mut listeners = Vec::new();
+    while listeners.len() < 2 {
+        let listener = listening
+            .recv_timeout(Duration::from_secs(60))
+            .expect("crm logs its gRPC and admin listeners within 60s");
+        listeners.push(listener);
+    }
+
+    let pid = child.id().to_string();
+    let status = Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill runs");
+    assert!(status.success());
+    let signalled = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait on crm") {
+            break status;
+        }
+        assert!(
+            signalled.elapsed() < Duration::from_secs(20),
+            "crm still running 20s after SIGTERM (grace 10s)"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(status.code(), Some(0), "listeners were {listeners:?}");
+}
