@@ -198,7 +198,9 @@ pub fn redact_url(url: &str) -> String {
     }
 }
 
-fn parse_duration(value: &str) -> std::result::Result<Duration, String> {
+/// A duration such as `250ms`, `30s`, `5m`, `1h`, `7d`; a bare number is
+/// seconds. The error says what was expected.
+pub fn parse_duration(value: &str) -> std::result::Result<Duration, String> {
     let v = value.trim();
     let split = v.find(|c: char| !c.is_ascii_digit()).unwrap_or(v.len());
     let (number, unit) = v.split_at(split);

@@ -62,6 +62,16 @@ impl EnrichHandler {
 
 /// The output envelope for `outcome`, caused by `input`.
 pub fn output_event(input: &DealEvent, outcome: Outcome) -> Result<DealEvent, HandleError> {
+    output_event_for(input, outcome, PURPOSE)
+}
+
+/// The envelope of `outcome` as the answer to `input`, with the id
+/// `caused_event_id(input occurred_at, input event_id, purpose)`.
+pub fn output_event_for(
+    input: &DealEvent,
+    outcome: Outcome,
+    purpose: &str,
+) -> Result<DealEvent, HandleError> {
     let occurred_at = input
         .occurred_at
         .as_ref()
@@ -72,7 +82,7 @@ pub fn output_event(input: &DealEvent, outcome: Outcome) -> Result<DealEvent, Ha
         Outcome::Failed(failed) => Payload::EnrichmentFailed(failed),
     };
     Ok(DealEvent {
-        event_id: caused_event_id(occurred_at, &input.event_id, PURPOSE).to_string(),
+        event_id: caused_event_id(occurred_at, &input.event_id, purpose).to_string(),
         deal_id: input.deal_id.clone(),
         occurred_at: Some(timestamp(Utc::now())),
         actor: Some(service_actor(SERVICE)),

@@ -11,4 +11,5 @@ pub mod config;
 pub mod enricher;
 pub mod handler;
 pub mod provider;
+pub mod redrive;
 pub mod signals;
