@@ -72,6 +72,8 @@ def pod_spec(doc: dict[str, Any]) -> dict[str, Any] | None:
         return doc["spec"]
     if doc["kind"] in ("Deployment", "Job", "StatefulSet", "DaemonSet"):
         return doc["spec"]["template"]["spec"]
+    if doc["kind"] == "CronJob":
+        return doc["spec"]["jobTemplate"]["spec"]["template"]["spec"]
     return None
 
 

@@ -330,7 +330,7 @@ def test_disruption_budgets_select_their_pods(rendered):
 def test_network_policies_allow_only_the_mesh_paths():
     manifests = render(load_values(CHART / "examples" / "managed-kafka-sasl.yaml"))
     policies = {component(m.doc): m.doc for m in by_kind(manifests, "NetworkPolicy")}
-    assert set(policies) == set(SERVICES) | {"hooks", "test"}
+    assert set(policies) == set(SERVICES) | {"hooks", "test", "enrich-redrive"}
 
     def ingress_ports(svc):
         return {p["port"] for rule in policies[svc]["spec"]["ingress"] for p in rule["ports"]}
@@ -445,7 +445,7 @@ def test_readme_documents_every_value_and_setting():
     missing = []
     for path in _leaves(CHART_DEFAULTS):
         head, _, rest = path.partition(".")
-        if head in SERVICES and not rest.startswith(("consumerGroup", "webhookSources", "config.")):
+        if head in SERVICES and not rest.startswith(("consumerGroup", "webhookSources", "config.", "redrive.")):
             path = f"<service>.{rest}"
         if f"`{path}`" not in readme:
             missing.append(path)
@@ -511,3 +511,37 @@ def test_hook_jobs_get_the_files_before_the_release_exists():
         assert volume["configMap"]["name"] == hook_copy.name
     serve = one(manifests, "Deployment", "ingest").doc["spec"]["template"]["spec"]
     assert next(v for v in serve["volumes"] if v["name"] == "files")["configMap"]["name"] == f"{RELEASE}-dealmesh-ingest-files"
+
+
+def test_failed_enrichments_are_redriven_on_a_schedule_by_their_own_pods():
+    manifests = render(load_values(CHART / "examples" / "managed-kafka-sasl.yaml"))
+    [cron] = by_kind(manifests, "CronJob")
+    assert component(cron.doc) == "enrich-redrive"
+    spec = cron.doc["spec"]
+    assert spec["schedule"] == "17 * * * *"
+    assert spec["concurrencyPolicy"] == "Forbid"
+    assert spec["jobTemplate"]["spec"]["backoffLimit"] == 0
+    pod = pod_spec(cron.doc)
+    assert pod["restartPolicy"] == "Never"
+    [container] = pod["containers"]
+    assert container["args"] == ["redrive", "--since", "48h"]
+    enrich = one(manifests, "Deployment", "enrich").doc["spec"]["template"]["spec"]
+    # Enrich's identity, image and configuration...
+    assert pod["serviceAccountName"] == enrich["serviceAccountName"]
+    assert container["image"] == enrich["containers"][0]["image"]
+    assert container["env"] == enrich["containers"][0]["env"]
+    # ...but not its labels: the Service, budget and autoscaler never see it.
+    labels = spec["jobTemplate"]["spec"]["template"]["metadata"]["labels"]
+    for selecting in (one(manifests, "Service", "enrich").doc["spec"]["selector"],
+                      one(manifests, "PodDisruptionBudget", "enrich").doc["spec"]["selector"]["matchLabels"]):
+        assert not selecting.items() <= labels.items()
+    # Its own policy: out to DNS, Kafka and the providers, nothing in.
+    policy = next(m.doc for m in by_kind(manifests, "NetworkPolicy") if component(m.doc) == "enrich-redrive")
+    assert policy["spec"]["podSelector"]["matchLabels"].items() <= labels.items()
+    assert policy["spec"]["ingress"] == []
+    egress = {p["port"] for rule in policy["spec"]["egress"] for p in rule["ports"]}
+    assert {53, 9092, 443} <= egress and 5432 not in egress
+
+    off = render({"enrich": {"redrive": {"enabled": False}}})
+    assert not by_kind(off, "CronJob")
+    assert not by_kind(render({"enrich": {"enabled": False}}), "CronJob")

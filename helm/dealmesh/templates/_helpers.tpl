@@ -351,3 +351,55 @@ binary). Takes (dict "root" $ "svc" name). Secrets only ever by reference.
 {{- define "dealmesh.topicsHook" -}}
 {{- if and .Values.hooks.topics.enabled .Values.ingest.enabled }}true{{ end }}
 {{- end }}
+
+{{/*
+The egress rules of a NetworkPolicy: DNS and Kafka always; PostgreSQL, the
+OTLP collector and the internet's ports when asked. Takes (dict "root" $
+"database" bool "otlp" bool "internet" bool); rendered as list items.
+*/}}
+{{- define "dealmesh.egress" -}}
+{{- $np := .root.Values.networkPolicy -}}
+- ports:
+    - port: 53
+      protocol: UDP
+    - port: 53
+      protocol: TCP
+- ports:
+    {{- range $np.kafkaPorts }}
+    - port: {{ . }}
+      protocol: TCP
+    {{- end }}
+  {{- with $np.kafkaPeers }}
+  to:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+{{- if .database }}
+- ports:
+    {{- range $np.databasePorts }}
+    - port: {{ . }}
+      protocol: TCP
+    {{- end }}
+  {{- with $np.databasePeers }}
+  to:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+{{- end }}
+{{- if .otlp }}
+- ports:
+    {{- range $np.otlpPorts }}
+    - port: {{ . }}
+      protocol: TCP
+    {{- end }}
+  {{- with $np.otlpPeers }}
+  to:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+{{- end }}
+{{- if .internet }}
+- ports:
+    {{- range $np.internetPorts }}
+    - port: {{ . }}
+      protocol: TCP
+    {{- end }}
+{{- end }}
+{{- end }}
