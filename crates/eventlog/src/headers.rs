@@ -27,6 +27,12 @@ pub const PROTOBUF_CONTENT_TYPE: &str = "application/protobuf";
 /// CloudEvents headers for `event`, sent by `source` (a URI reference such as
 /// `/dealmesh/ingest`), plus the current span's trace context.
 pub fn for_event(event: &DealEvent, source: &str) -> OwnedHeaders {
+    for_event_traced(event, source, &current_trace())
+}
+
+/// [`for_event`] with a trace context taken once, by [`current_trace`], for
+/// many records sent from one span.
+pub fn for_event_traced(event: &DealEvent, source: &str, trace: &TraceHeaders) -> OwnedHeaders {
     let time = event
         .occurred_at
         .as_ref()
@@ -38,7 +44,7 @@ pub fn for_event(event: &DealEvent, source: &str) -> OwnedHeaders {
         .as_ref()
         .map(|p| p.cloudevents_type())
         .unwrap_or_else(|| "dealmesh.v1.Unknown".to_owned());
-    let mut headers = OwnedHeaders::new_with_capacity(9);
+    let mut headers = OwnedHeaders::new_with_capacity(7 + trace.0.len());
     for (key, value) in [
         (CE_SPECVERSION, "1.0"),
         (CE_ID, event.event_id.as_str()),
@@ -53,23 +59,38 @@ pub fn for_event(event: &DealEvent, source: &str) -> OwnedHeaders {
             value: Some(value),
         });
     }
-    inject_current_trace(headers)
+    trace.add_to(headers)
 }
 
-/// Adds `traceparent` (and `tracestate`) for the current span.
-pub fn inject_current_trace(mut headers: OwnedHeaders) -> OwnedHeaders {
+/// A trace context as record headers (`traceparent`, `tracestate`).
+#[derive(Debug, Clone, Default)]
+pub struct TraceHeaders(HashMap<String, String>);
+
+impl TraceHeaders {
+    fn add_to(&self, mut headers: OwnedHeaders) -> OwnedHeaders {
+        for (key, value) in &self.0 {
+            headers = headers.insert(Header {
+                key: key.as_str(),
+                value: Some(value.as_str()),
+            });
+        }
+        headers
+    }
+}
+
+/// The current span's trace context, as headers.
+pub fn current_trace() -> TraceHeaders {
     let context = tracing::Span::current().context();
     let mut carrier = HashMap::new();
     opentelemetry::global::get_text_map_propagator(|propagator| {
         propagator.inject_context(&context, &mut MapCarrier(&mut carrier));
     });
-    for (key, value) in &carrier {
-        headers = headers.insert(Header {
-            key: key.as_str(),
-            value: Some(value.as_str()),
-        });
-    }
-    headers
+    TraceHeaders(carrier)
+}
+
+/// Adds `traceparent` (and `tracestate`) for the current span.
+pub fn inject_current_trace(headers: OwnedHeaders) -> OwnedHeaders {
+    current_trace().add_to(headers)
 }
 
 /// The OpenTelemetry context carried by a record's headers (empty if none).

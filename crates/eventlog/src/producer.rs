@@ -95,7 +95,7 @@ impl EventProducer {
     }
 
     /// Publishes an envelope already encoded as `bytes` (which must be
-    /// `event` encoded); used to re-send stored events byte for byte.
+    /// `event` encoded); used to re-send an event byte for byte.
     pub async fn publish_encoded(&self, event: &DealEvent, bytes: &[u8]) -> Result<Delivery> {
         let headers = headers::for_event(event, &self.source);
         self.send(
@@ -105,6 +105,26 @@ impl EventProducer {
             headers,
         )
         .await
+    }
+
+    /// Publishes many encoded envelopes (each `(event, event encoded)`) at
+    /// once, answering in order once the broker has acknowledged them all;
+    /// the first failure fails the call. The current span's trace context is
+    /// taken once for all of them.
+    pub async fn publish_all_encoded<'a>(
+        &self,
+        events: impl IntoIterator<Item = (&'a DealEvent, &'a [u8])>,
+    ) -> Result<Vec<Delivery>> {
+        let trace = headers::current_trace();
+        let sends = events.into_iter().map(|(event, bytes)| {
+            self.send(
+                &self.topics.deals,
+                Some(event.deal_id.as_bytes()),
+                bytes,
+                headers::for_event_traced(event, &self.source, &trace),
+            )
+        });
+        futures::future::try_join_all(sends).await
     }
 
     /// Sends one raw record and waits for the broker's acknowledgement.

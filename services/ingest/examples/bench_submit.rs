@@ -79,7 +79,7 @@ struct Args {
     ingest_env: Vec<String>,
     /// SQL run on ingest's fresh database once it has migrated it, before
     /// the warm-up: to try a schema or storage change, e.g.
-    /// `ALTER TABLE ingest_submissions SET (fillfactor = 70)`.
+    /// `ALTER TABLE ingest_batches SET (fillfactor = 70)`.
     #[arg(long, value_name = "SQL")]
     pg_setup: Option<String>,
     /// Internal: run as the bare producer over this file of records.
@@ -508,10 +508,8 @@ async fn bare_producer(args: &Args, input: &std::path::Path) -> anyhow::Result<(
 /// Sends every envelope of a batch at once, in one span as a `SubmitDeals`
 /// call is, and waits for every acknowledgement.
 async fn send_batch(producer: &EventProducer, batch: &[Envelope]) -> anyhow::Result<()> {
-    let sends = batch
-        .iter()
-        .map(|(event, bytes)| producer.publish_encoded(event, bytes));
-    futures::future::try_join_all(sends)
+    producer
+        .publish_all_encoded(batch.iter().map(|(event, bytes)| (event, bytes.as_slice())))
         .instrument(tracing::info_span!("bare_batch"))
         .await?;
     Ok(())
