@@ -69,7 +69,9 @@ fn internal(error: ingestor::Error) -> Status {
         ingestor::Error::Database(_) => Status::unavailable(
             "the idempotency store is not reachable; retry with the same idempotency key",
         ),
-        ingestor::Error::Corrupt(_) => Status::internal("stored submission is corrupt"),
+        ingestor::Error::Corrupt(_) | ingestor::Error::MissingBatch { .. } => {
+            Status::internal("stored submission is corrupt")
+        }
     }
 }
 

@@ -1,29 +1,44 @@
 //! The one path every channel takes: validated submissions become
 //! `DealSourced` events on the deal log, exactly once per idempotency key.
 //!
-//! 1. The events are built and recorded in PostgreSQL (`pending`) and that
-//!    is committed, so an event id is fixed before anything is sent. The
-//!    insert reports which keys were new: their envelopes are sent from
-//!    memory, never read back.
-//! 2. In a second transaction the rows are locked, pending ones are sent and
-//!    their broker acknowledgements recorded. A concurrent retry of the same
-//!    key waits on the row lock and then answers from the acknowledged row.
+//! The keys a call is the first to record form one batch:
 //!
-//! The two commits cannot become one: a send that reached the broker before
-//! a crash must find its event id on record, or the retry would write the
-//! deal again under a new id. If the process dies between the send and the
-//! second commit, a retry re-sends the stored envelope byte for byte: the
-//! log may then hold the same event id twice, which every consumer drops as
-//! a duplicate.
+//! 1. On one connection the call takes a session advisory lock named after
+//!    a fresh batch id and, in one transaction, inserts a row per new key
+//!    (event id, fingerprint, position in the batch) and the batch row (the
+//!    time, channel and correlation id the events share), and commits: from
+//!    here on the event id of each new key is fixed. The insert reports
+//!    which keys were new: their events are sent from memory.
+//! 2. Once the broker has acknowledged them all, the receipts are written
+//!    on the batch row in one update and the lock is released. A submission
+//!    row is written once and never updated.
+//!
+//! A key recorded earlier is answered from its row and its batch's
+//! receipts. If it has no receipt yet, its batch is being sent, or its
+//! sender died: the call waits for the batch's lock (a live sender holds it;
+//! a dead sender's session, and with it the lock, is gone), reads again,
+//! and sends what is still pending itself. It rebuilds each such event from
+//! the retried submission, whose key and fingerprint, hence content, are
+//! the recorded ones, with the recorded event id, time, channel and
+//! correlation id, and writes the receipt on the submission row. Rows
+//! recorded before batches existed carry their envelope, re-sent as stored.
+//!
+//! The recording and the send cannot share one commit: a send that reached
+//! the broker before a crash must find its event id on record, or the retry
+//! would write the deal again under a new id. If the process dies between
+//! the send and the receipt, the retry sends the same event again: the log
+//! may then hold the same event id twice, which every consumer drops as a
+//! duplicate.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::BTreeMap;
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, SubsecRound, Utc};
 use dealmesh_eventlog::{EventProducer, envelope, ids};
 use dealmesh_proto::v1::{self, Channel, CompanyKeyKind, DealSourced};
 use dealmesh_proto::{DealEvent, Payload};
 use prost::Message;
-use sqlx::PgPool;
+use sqlx::pool::PoolConnection;
+use sqlx::{PgConnection, PgPool, Postgres};
 use uuid::Uuid;
 
 use crate::company::KeyKind;
@@ -41,6 +56,8 @@ pub enum Error {
     Broker(#[from] dealmesh_eventlog::Error),
     #[error("stored envelope is corrupt: {0}")]
     Corrupt(#[from] prost::DecodeError),
+    #[error("submission {event_id} is recorded without its batch")]
+    MissingBatch { event_id: Uuid },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -69,17 +86,54 @@ pub struct Ingestor {
     producer: EventProducer,
 }
 
-/// A locked submission row, without its envelope.
+/// What the store knows of a recorded key.
 #[derive(sqlx::FromRow)]
 struct Row {
-    /// 1-based position of its key in the lock query's key list.
+    /// 1-based position of its key in the query's key list.
     ordinal: i64,
     fingerprint: Vec<u8>,
     event_id: Uuid,
     deal_id: Uuid,
     company_key: String,
+    /// The receipt, from the row or from its batch.
     kafka_partition: Option<i32>,
     kafka_offset: Option<i64>,
+    batch_id: Option<Uuid>,
+    /// A row from before batches: its envelope, while it is pending.
+    envelope: Option<Vec<u8>>,
+    /// From the batch row.
+    recorded_at: Option<DateTime<Utc>>,
+    channel: Option<i32>,
+    correlation_id: Option<String>,
+}
+
+impl Row {
+    fn receipt(&self, duplicate: bool) -> Receipt {
+        Receipt {
+            event_id: self.event_id,
+            deal_id: self.deal_id,
+            company_key: self.company_key.clone(),
+            partition: self.kafka_partition.unwrap_or(-1),
+            offset: self.kafka_offset.unwrap_or(-1),
+            duplicate,
+        }
+    }
+
+    fn is_pending(&self) -> bool {
+        self.kafka_offset.is_none()
+    }
+
+    /// The advisory lock its sender holds while sending it.
+    fn lock_key(&self) -> i64 {
+        lock_key(self.batch_id.unwrap_or(self.event_id))
+    }
+}
+
+/// The advisory lock named after `id` (a batch id, or the event id of a row
+/// from before batches).
+fn lock_key(id: Uuid) -> i64 {
+    let (_, low) = id.as_u64_pair();
+    i64::from_ne_bytes(low.to_ne_bytes())
 }
 
 impl Ingestor {
@@ -104,22 +158,371 @@ impl Ingestor {
         if submissions.is_empty() {
             return Ok(Vec::new());
         }
-        let recorded = self
-            .record(submissions, channel, correlation_id, Utc::now())
-            .await?;
-        self.deliver(submissions, recorded).await
+        let call = Call::new(submissions, channel, correlation_id, Utc::now())?;
+        let mut answers = Answers::new(&call);
+        let batch = self.record(&call).await?;
+        self.send_batch(&call, batch, &mut answers).await?;
+        self.answer_recorded(&call, &mut answers).await?;
+        Ok(answers.finish(&call))
     }
 
-    /// Step 1: builds each distinct key's event and commits the new ones.
-    async fn record(
-        &self,
-        submissions: &[Submission],
-        channel: Channel,
-        correlation_id: &str,
-        now: DateTime<Utc>,
-    ) -> Result<Recorded> {
-        let fingerprints: Vec<Vec<u8>> = submissions.iter().map(Submission::fingerprint).collect();
+    /// Step 1: records the call's new keys as one batch, holding its lock.
+    async fn record(&self, call: &Call<'_>) -> Result<Batch> {
+        let batch_id = Uuid::now_v7();
+        let lock = lock_key(batch_id);
+        let mut conn = LockedConnection::acquire(&self.pool).await?;
+        let mut tx = sqlx::Connection::begin(conn.conn()).await?;
+        sqlx::query("SELECT pg_advisory_lock($1)")
+            .bind(lock)
+            .execute(&mut *tx)
+            .await?;
+        let entries = &call.entries;
+        let inserted: Vec<i32> = sqlx::query_scalar(
+            "INSERT INTO ingest_submissions
+                 (source, idempotency_key, fingerprint, event_id, deal_id, company_key,
+                  batch_id, batch_index)
+             SELECT u.source, u.idempotency_key, u.fingerprint, u.event_id, u.deal_id,
+                    u.company_key, $7, u.batch_index::int4
+             FROM UNNEST($1::text[], $2::text[], $3::bytea[], $4::uuid[], $5::uuid[], $6::text[])
+                  WITH ORDINALITY
+                  AS u(source, idempotency_key, fingerprint, event_id, deal_id, company_key, batch_index)
+             ON CONFLICT (source, idempotency_key) DO NOTHING
+             RETURNING batch_index",
+        )
+        .bind(entries.iter().map(|e| call.key(e.first).0).collect::<Vec<_>>())
+        .bind(entries.iter().map(|e| call.key(e.first).1).collect::<Vec<_>>())
+        .bind(entries.iter().map(|e| call.fingerprints[e.first].as_slice()).collect::<Vec<_>>())
+        .bind(entries.iter().map(|e| e.event_id).collect::<Vec<_>>())
+        .bind(entries.iter().map(|e| e.deal_id).collect::<Vec<_>>())
+        .bind(entries.iter().map(|e| e.company_key.as_str()).collect::<Vec<_>>())
+        .bind(batch_id)
+        .fetch_all(&mut *tx)
+        .await?;
+        if !inserted.is_empty() {
+            sqlx::query(
+                "INSERT INTO ingest_batches (batch_id, recorded_at, channel, correlation_id)
+                 VALUES ($1, $2, $3, $4)",
+            )
+            .bind(batch_id)
+            .bind(call.now)
+            .bind(call.channel as i32)
+            .bind(call.correlation_id)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        let mut new: Vec<usize> = inserted
+            .into_iter()
+            .filter_map(|position| usize::try_from(position - 1).ok())
+            .filter(|&e| e < entries.len())
+            .collect();
+        new.sort_unstable();
+        Ok(Batch {
+            conn,
+            batch_id,
+            lock,
+            new,
+        })
+    }
 
+    /// Step 2: sends the batch's events, records their receipts and
+    /// releases the batch's lock.
+    async fn send_batch(&self, call: &Call<'_>, batch: Batch, answers: &mut Answers) -> Result<()> {
+        let Batch {
+            mut conn,
+            batch_id,
+            lock,
+            new,
+        } = batch;
+        if !new.is_empty() {
+            let deliveries = self
+                .producer
+                .publish_all_encoded(new.iter().map(|&e| {
+                    let entry = &call.entries[e];
+                    (&entry.event, entry.envelope.as_slice())
+                }))
+                .await?;
+            let mut partitions: Vec<Option<i32>> = vec![None; call.entries.len()];
+            let mut offsets: Vec<Option<i64>> = vec![None; call.entries.len()];
+            for (&e, delivery) in new.iter().zip(&deliveries) {
+                partitions[e] = Some(delivery.partition);
+                offsets[e] = Some(delivery.offset);
+            }
+            sqlx::query(
+                "UPDATE ingest_batches
+                 SET kafka_partitions = $2, kafka_offsets = $3, acked_at = now()
+                 WHERE batch_id = $1",
+            )
+            .bind(batch_id)
+            .bind(&partitions)
+            .bind(&offsets)
+            .execute(conn.conn())
+            .await?;
+            for (&e, delivery) in new.iter().zip(deliveries) {
+                let entry = &call.entries[e];
+                answers.sent(
+                    e,
+                    entry.first,
+                    Receipt {
+                        event_id: entry.event_id,
+                        deal_id: entry.deal_id,
+                        company_key: entry.company_key.clone(),
+                        partition: delivery.partition,
+                        offset: delivery.offset,
+                        duplicate: false,
+                    },
+                    call.fingerprints[entry.first].clone(),
+                );
+            }
+        }
+        conn.release(lock).await
+    }
+
+    /// Answers the keys recorded before this call, completing those whose
+    /// sender died.
+    async fn answer_recorded(&self, call: &Call<'_>, answers: &mut Answers) -> Result<()> {
+        let recorded: Vec<usize> = (0..call.entries.len())
+            .filter(|&e| !answers.has(e))
+            .collect();
+        if recorded.is_empty() {
+            return Ok(());
+        }
+        let mut conn = self.pool.acquire().await?;
+        let rows = fetch_rows(&mut conn, call, &recorded, Lock::None).await?;
+        drop(conn);
+        // Pending rows, by the lock their sender holds.
+        let mut waiting: BTreeMap<i64, Vec<usize>> = BTreeMap::new();
+        for (e, row) in rows {
+            if row.is_pending() {
+                waiting.entry(row.lock_key()).or_default().push(e);
+            } else {
+                answers.found(e, row);
+            }
+        }
+        for (lock, entries) in waiting {
+            self.complete(call, lock, &entries, answers).await?;
+        }
+        Ok(())
+    }
+
+    /// Waits for the sender of `entries` (holding `lock`), then sends those
+    /// still pending: their sender died.
+    async fn complete(
+        &self,
+        call: &Call<'_>,
+        lock: i64,
+        entries: &[usize],
+        answers: &mut Answers,
+    ) -> Result<()> {
+        let mut conn = LockedConnection::acquire(&self.pool).await?;
+        sqlx::query("SELECT pg_advisory_lock($1)")
+            .bind(lock)
+            .execute(conn.conn())
+            .await?;
+        let rows = fetch_rows(conn.conn(), call, entries, Lock::Rows).await?;
+        let mut pending = Vec::new();
+        for (e, row) in rows {
+            if !row.is_pending() {
+                answers.found(e, row);
+                continue;
+            }
+            // Rebuilt from a submission of this call with the recorded
+            // content; with none, the key stays pending and every
+            // submission of it is refused as reusing it.
+            let Some(index) = call.submission_matching(e, &row.fingerprint) else {
+                answers.found(e, row);
+                continue;
+            };
+            let (event, bytes) = match &row.envelope {
+                Some(bytes) => (DealEvent::decode(bytes.as_slice())?, bytes.clone()),
+                None => {
+                    let (Some(at), Some(channel), Some(correlation_id)) =
+                        (row.recorded_at, row.channel, row.correlation_id.as_deref())
+                    else {
+                        return Err(Error::MissingBatch {
+                            event_id: row.event_id,
+                        });
+                    };
+                    let channel = Channel::try_from(channel).unwrap_or(Channel::Unspecified);
+                    let event = build_event(
+                        &call.submissions[index],
+                        row.event_id,
+                        row.deal_id,
+                        channel,
+                        at,
+                        correlation_id,
+                    );
+                    let bytes = envelope::encode(&event)?;
+                    (event, bytes)
+                }
+            };
+            pending.push((e, index, row, event, bytes));
+        }
+        let deliveries = self
+            .producer
+            .publish_all_encoded(
+                pending
+                    .iter()
+                    .map(|(_, _, _, event, bytes)| (event, bytes.as_slice())),
+            )
+            .await?;
+        if !pending.is_empty() {
+            sqlx::query(
+                "UPDATE ingest_submissions s
+                 SET kafka_partition = u.kafka_partition, kafka_offset = u.kafka_offset,
+                     acked_at = now()
+                 FROM UNNEST($1::text[], $2::text[], $3::int4[], $4::int8[])
+                      AS u(source, idempotency_key, kafka_partition, kafka_offset)
+                 WHERE (s.source, s.idempotency_key) = (u.source, u.idempotency_key)",
+            )
+            .bind(pending.iter().map(|p| call.key(p.1).0).collect::<Vec<_>>())
+            .bind(pending.iter().map(|p| call.key(p.1).1).collect::<Vec<_>>())
+            .bind(deliveries.iter().map(|d| d.partition).collect::<Vec<_>>())
+            .bind(deliveries.iter().map(|d| d.offset).collect::<Vec<_>>())
+            .execute(conn.conn())
+            .await?;
+        }
+        conn.release(lock).await?;
+        for ((e, index, mut row, _, _), delivery) in pending.into_iter().zip(deliveries) {
+            row.kafka_partition = Some(delivery.partition);
+            row.kafka_offset = Some(delivery.offset);
+            let fingerprint = row.fingerprint.clone();
+            answers.sent(e, index, row.receipt(false), fingerprint);
+        }
+        Ok(())
+    }
+}
+
+/// Whether [`fetch_rows`] waits for row locks.
+enum Lock {
+    None,
+    /// Waits for the row locks a replica of the previous version holds on
+    /// the rows it is sending, so their receipts are read, not re-sent.
+    Rows,
+}
+
+/// The rows of `entries`, by entry, with their receipts.
+async fn fetch_rows(
+    conn: &mut PgConnection,
+    call: &Call<'_>,
+    entries: &[usize],
+    lock: Lock,
+) -> Result<Vec<(usize, Row)>> {
+    macro_rules! select {
+        () => {
+            "SELECT k.ordinal, s.fingerprint, s.event_id, s.deal_id, s.company_key,
+                    coalesce(s.kafka_partition, b.kafka_partitions[s.batch_index]) AS kafka_partition,
+                    coalesce(s.kafka_offset, b.kafka_offsets[s.batch_index]) AS kafka_offset,
+                    s.batch_id,
+                    CASE WHEN coalesce(s.kafka_offset, b.kafka_offsets[s.batch_index]) IS NULL
+                         THEN s.envelope END AS envelope,
+                    b.recorded_at, b.channel, b.correlation_id
+             FROM UNNEST($1::text[], $2::text[]) WITH ORDINALITY AS k(source, idempotency_key, ordinal)
+             JOIN ingest_submissions s USING (source, idempotency_key)
+             LEFT JOIN ingest_batches b USING (batch_id)
+             ORDER BY s.source, s.idempotency_key"
+        };
+    }
+    let sql = match lock {
+        Lock::None => select!(),
+        Lock::Rows => concat!(select!(), " FOR NO KEY UPDATE OF s"),
+    };
+    let rows: Vec<Row> = sqlx::query_as(sql)
+        .bind(
+            entries
+                .iter()
+                .map(|&e| call.key(call.entries[e].first).0)
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            entries
+                .iter()
+                .map(|&e| call.key(call.entries[e].first).1)
+                .collect::<Vec<_>>(),
+        )
+        .fetch_all(conn)
+        .await?;
+    Ok(rows
+        .into_iter()
+        .filter_map(|row| {
+            let e = *entries.get(usize::try_from(row.ordinal - 1).ok()?)?;
+            Some((e, row))
+        })
+        .collect())
+}
+
+/// A pooled connection that may hold session advisory locks. Released, it
+/// goes back to the pool unlocked; dropped (an error, a cancelled call), it
+/// is closed, and the server drops its locks with the session.
+struct LockedConnection {
+    conn: PoolConnection<Postgres>,
+    released: bool,
+}
+
+impl LockedConnection {
+    async fn acquire(pool: &PgPool) -> Result<Self> {
+        Ok(Self {
+            conn: pool.acquire().await?,
+            released: false,
+        })
+    }
+
+    fn conn(&mut self) -> &mut PgConnection {
+        &mut self.conn
+    }
+
+    async fn release(mut self, lock: i64) -> Result<()> {
+        sqlx::query("SELECT pg_advisory_unlock($1)")
+            .bind(lock)
+            .execute(&mut *self.conn)
+            .await?;
+        self.released = true;
+        Ok(())
+    }
+}
+
+impl Drop for LockedConnection {
+    fn drop(&mut self) {
+        if !self.released {
+            self.conn.close_on_drop();
+        }
+    }
+}
+
+/// The new keys of a call, recorded and locked, not yet sent.
+struct Batch {
+    conn: LockedConnection,
+    batch_id: Uuid,
+    lock: i64,
+    /// Entries whose key this call recorded first, ascending.
+    new: Vec<usize>,
+}
+
+/// One call's submissions, with each distinct key's event as it would be if
+/// the key is new.
+struct Call<'a> {
+    submissions: &'a [Submission],
+    channel: Channel,
+    correlation_id: &'a str,
+    /// To the microsecond, as the batch row keeps it.
+    now: DateTime<Utc>,
+    /// By submission index.
+    fingerprints: Vec<Vec<u8>>,
+    /// Each distinct key, in key order.
+    entries: Vec<Entry>,
+    /// The entry of each submission, by submission index.
+    entry_of: Vec<usize>,
+}
+
+impl<'a> Call<'a> {
+    fn new(
+        submissions: &'a [Submission],
+        channel: Channel,
+        correlation_id: &'a str,
+        now: DateTime<Utc>,
+    ) -> Result<Self> {
+        let now = now.trunc_subsecs(6);
+        let fingerprints: Vec<Vec<u8>> = submissions.iter().map(Submission::fingerprint).collect();
         // Each distinct key once, in key order, so that two calls sharing
         // keys wait on each other's rows in the same order and never
         // deadlock. The sort is stable: the first submission of a key in the
@@ -149,198 +552,96 @@ impl Ingestor {
             }
             entry_of[index] = entries.len() - 1;
         }
-
-        // 1. Committed before anything is sent: from here on the event id of
-        // a new key is fixed, whatever happens to this call.
-        let inserted: Vec<Uuid> = sqlx::query_scalar(
-            "INSERT INTO ingest_submissions
-                 (source, idempotency_key, fingerprint, event_id, deal_id, company_key, envelope)
-             SELECT * FROM UNNEST($1::text[], $2::text[], $3::bytea[], $4::uuid[], $5::uuid[], $6::text[], $7::bytea[])
-             ON CONFLICT (source, idempotency_key) DO NOTHING
-             RETURNING event_id",
-        )
-        .bind(entries.iter().map(|e| key(e.first).0).collect::<Vec<_>>())
-        .bind(entries.iter().map(|e| key(e.first).1).collect::<Vec<_>>())
-        .bind(entries.iter().map(|e| fingerprints[e.first].as_slice()).collect::<Vec<_>>())
-        .bind(entries.iter().map(|e| e.event_id).collect::<Vec<_>>())
-        .bind(entries.iter().map(|e| e.deal_id).collect::<Vec<_>>())
-        .bind(entries.iter().map(|e| e.company_key.as_str()).collect::<Vec<_>>())
-        .bind(entries.iter().map(|e| e.envelope.as_slice()).collect::<Vec<_>>())
-        .fetch_all(&self.pool)
-        .await?;
-        Ok(Recorded {
+        Ok(Self {
+            submissions,
+            channel,
+            correlation_id,
+            now,
             fingerprints,
             entries,
             entry_of,
-            inserted: inserted.into_iter().collect(),
         })
     }
 
-    /// Steps 2 and 3: sends what is pending and answers every submission.
-    async fn deliver(
-        &self,
-        submissions: &[Submission],
-        recorded: Recorded,
-    ) -> Result<Vec<Result<Receipt, Refusal>>> {
-        let Recorded {
-            fingerprints,
-            entries,
-            entry_of,
-            inserted,
-        } = recorded;
-        let key = |i: usize| {
-            (
-                submissions[i].source.as_str(),
-                submissions[i].idempotency_key.as_str(),
-            )
-        };
-        // 2. Locked while sending, so a concurrent retry of a key waits here
-        // and then answers from the acknowledged row. Only the narrow
-        // columns come back: the envelope of a row inserted above is already
-        // in memory.
-        let mut tx = self.pool.begin().await?;
-        let locked: Vec<Row> = sqlx::query_as(
-            "SELECT k.ordinal, s.fingerprint, s.event_id, s.deal_id, s.company_key,
-                    s.kafka_partition, s.kafka_offset
-             FROM UNNEST($1::text[], $2::text[]) WITH ORDINALITY AS k(source, idempotency_key, ordinal)
-             JOIN ingest_submissions s USING (source, idempotency_key)
-             ORDER BY s.source, s.idempotency_key
-             FOR NO KEY UPDATE OF s",
+    fn key(&self, index: usize) -> (&str, &str) {
+        let submission = &self.submissions[index];
+        (
+            submission.source.as_str(),
+            submission.idempotency_key.as_str(),
         )
-        .bind(entries.iter().map(|e| key(e.first).0).collect::<Vec<_>>())
-        .bind(entries.iter().map(|e| key(e.first).1).collect::<Vec<_>>())
-        .fetch_all(&mut *tx)
-        .await?;
-        let mut rows: Vec<Option<Row>> = Vec::new();
-        rows.resize_with(entries.len(), || None);
-        for row in locked {
-            let slot = usize::try_from(row.ordinal - 1)
-                .ok()
-                .and_then(|i| rows.get_mut(i));
-            if let Some(slot) = slot {
-                *slot = Some(row);
-            }
-        }
+    }
 
-        // A pending row this call did not insert (an earlier call died
-        // before recording its receipt) is re-sent from its stored envelope.
-        let pending: Vec<usize> = (0..entries.len())
-            .filter(|&i| rows[i].as_ref().is_some_and(|r| r.kafka_offset.is_none()))
-            .collect();
-        let stored_ids: Vec<Uuid> = pending
-            .iter()
-            .filter_map(|&i| rows[i].as_ref())
-            .map(|row| row.event_id)
-            .filter(|id| !inserted.contains(id))
-            .collect();
-        let stored: HashMap<Uuid, Vec<u8>> = if stored_ids.is_empty() {
-            HashMap::new()
-        } else {
-            sqlx::query_as::<_, (Uuid, Vec<u8>)>(
-                "SELECT event_id, envelope FROM ingest_submissions WHERE event_id = ANY($1)",
-            )
-            .bind(&stored_ids)
-            .fetch_all(&mut *tx)
-            .await?
-            .into_iter()
-            .collect()
-        };
-
-        // Every pending row is sent once, concurrently; the producer keeps
-        // per-partition order.
-        let sends = pending.iter().map(|&i| {
-            let entry = &entries[i];
-            let event_id = rows[i].as_ref().map(|row| row.event_id);
-            let stored = event_id
-                .filter(|id| !inserted.contains(id))
-                .and_then(|id| stored.get(&id));
-            async move {
-                let delivery = match stored {
-                    Some(bytes) => {
-                        let event = DealEvent::decode(bytes.as_slice())?;
-                        self.producer.publish_encoded(&event, bytes).await?
-                    }
-                    None => {
-                        self.producer
-                            .publish_encoded(&entry.event, &entry.envelope)
-                            .await?
-                    }
-                };
-                Ok::<_, Error>(delivery)
-            }
-        });
-        let deliveries = futures::future::try_join_all(sends).await?;
-
-        // 3. The receipts. The update touches no indexed column, so with the
-        // free space the table keeps on each page it stays on the page (HOT).
-        if !pending.is_empty() {
-            let mut acked_ids = Vec::with_capacity(pending.len());
-            let mut partitions = Vec::with_capacity(pending.len());
-            let mut offsets = Vec::with_capacity(pending.len());
-            for (&i, delivery) in pending.iter().zip(&deliveries) {
-                if let Some(row) = rows[i].as_mut() {
-                    acked_ids.push(row.event_id);
-                    partitions.push(delivery.partition);
-                    offsets.push(delivery.offset);
-                    row.kafka_partition = Some(delivery.partition);
-                    row.kafka_offset = Some(delivery.offset);
-                }
-            }
-            sqlx::query(
-                "UPDATE ingest_submissions s
-                 SET kafka_partition = u.kafka_partition, kafka_offset = u.kafka_offset, acked_at = now()
-                 FROM UNNEST($1::uuid[], $2::int4[], $3::int8[]) AS u(event_id, kafka_partition, kafka_offset)
-                 WHERE s.event_id = u.event_id",
-            )
-            .bind(&acked_ids)
-            .bind(&partitions)
-            .bind(&offsets)
-            .execute(&mut *tx)
-            .await?;
-        }
-        tx.commit().await?;
-
-        // The first submission of a key that was pending in this call gets
-        // the fresh receipt; every other one (earlier calls, repeats within
-        // this batch) is a duplicate.
-        let mut fresh = vec![false; entries.len()];
-        for &i in &pending {
-            fresh[i] = true;
-        }
-        Ok((0..submissions.len())
-            .map(|index| {
-                let e = entry_of[index];
-                let Some(row) = rows[e].as_ref() else {
-                    // Unreachable: every key was inserted or already present.
-                    return Err(Refusal::KeyReused);
-                };
-                if row.fingerprint != fingerprints[index] {
-                    return Err(Refusal::KeyReused);
-                }
-                let duplicate = !(fresh[e] && entries[e].first == index);
-                Ok(Receipt {
-                    event_id: row.event_id,
-                    deal_id: row.deal_id,
-                    company_key: row.company_key.clone(),
-                    partition: row.kafka_partition.unwrap_or(-1),
-                    offset: row.kafka_offset.unwrap_or(-1),
-                    duplicate,
-                })
-            })
-            .collect())
+    /// The first submission of entry `e` with this fingerprint.
+    fn submission_matching(&self, e: usize, fingerprint: &[u8]) -> Option<usize> {
+        (0..self.submissions.len())
+            .find(|&i| self.entry_of[i] == e && self.fingerprints[i] == fingerprint)
     }
 }
 
-/// A call's submissions once recorded.
-struct Recorded {
-    /// By submission index.
-    fingerprints: Vec<Vec<u8>>,
-    /// Each distinct key, in key order.
-    entries: Vec<Entry>,
-    /// The entry of each submission, by submission index.
-    entry_of: Vec<usize>,
-    /// The event ids this call inserted: their envelopes are in `entries`.
-    inserted: HashSet<Uuid>,
+/// Each entry's answer as it becomes known.
+struct Answers {
+    known: Vec<Option<Known>>,
+}
+
+/// What is known of one entry.
+struct Known {
+    /// The recorded receipt, not yet marked duplicate or not.
+    receipt: Receipt,
+    /// The recorded fingerprint.
+    fingerprint: Vec<u8>,
+    /// The submission whose event this call sent.
+    sent_for: Option<usize>,
+}
+
+impl Answers {
+    fn new(call: &Call<'_>) -> Self {
+        let mut known = Vec::new();
+        known.resize_with(call.entries.len(), || None);
+        Self { known }
+    }
+
+    fn has(&self, e: usize) -> bool {
+        self.known[e].is_some()
+    }
+
+    /// Entry `e` was sent by this call for submission `index`.
+    fn sent(&mut self, e: usize, index: usize, receipt: Receipt, fingerprint: Vec<u8>) {
+        self.known[e] = Some(Known {
+            receipt,
+            fingerprint,
+            sent_for: Some(index),
+        });
+    }
+
+    /// Entry `e` was on record.
+    fn found(&mut self, e: usize, row: Row) {
+        self.known[e] = Some(Known {
+            receipt: row.receipt(true),
+            fingerprint: row.fingerprint,
+            sent_for: None,
+        });
+    }
+
+    /// One answer per submission: the submission whose event this call sent
+    /// gets a fresh receipt, every other one with the recorded content a
+    /// duplicate, one with other content a refusal.
+    fn finish(self, call: &Call<'_>) -> Vec<Result<Receipt, Refusal>> {
+        (0..call.submissions.len())
+            .map(|index| {
+                let Some(known) = &self.known[call.entry_of[index]] else {
+                    // Unreachable: every key was inserted or found.
+                    return Err(Refusal::KeyReused);
+                };
+                if known.fingerprint != call.fingerprints[index] {
+                    return Err(Refusal::KeyReused);
+                }
+                Ok(Receipt {
+                    duplicate: known.sent_for != Some(index),
+                    ..known.receipt.clone()
+                })
+            })
+            .collect()
+    }
 }
 
 /// One distinct idempotency key of a call, and the event it becomes if the
@@ -442,6 +743,7 @@ mod tests {
                 source: "tests".into(),
                 name: "Acme Robotics".into(),
                 website: "https://acme-robotics.io".into(),
+                attributes: [("stage".to_owned(), "seed".to_owned())].into(),
                 ..Default::default()
             },
             "",
@@ -449,11 +751,15 @@ mod tests {
         .expect("valid submission")
     }
 
-    /// A call that died after recording its events and before sending them
-    /// leaves them pending; the retry sends the stored envelope, not a new
-    /// one, and records its receipt.
-    #[tokio::test]
-    async fn a_retry_after_a_crash_before_sending_sends_the_stored_envelope() {
+    struct Setup {
+        bootstrap: String,
+        topics: Topics,
+        _db: dealmesh_testkit::TestDatabase,
+        pool: PgPool,
+        ingestor: Ingestor,
+    }
+
+    async fn setup() -> Setup {
         let bootstrap = dealmesh_testkit::kafka_bootstrap().await;
         let prefix = dealmesh_testkit::unique_topic_prefix();
         let topics = Topics::new(&prefix);
@@ -469,38 +775,63 @@ mod tests {
             CE_SOURCE,
         )
         .expect("producer");
-        let ingestor = Ingestor::new(db.pool.clone(), producer);
+        let pool = db.pool.clone();
+        Setup {
+            bootstrap,
+            topics,
+            ingestor: Ingestor::new(pool.clone(), producer),
+            pool,
+            _db: db,
+        }
+    }
 
+    /// The values on the deal log, ordered by idempotency key.
+    async fn log_values(setup: &Setup) -> Vec<Vec<u8>> {
+        let mut values: Vec<Vec<u8>> =
+            dealmesh_testkit::read_topic(&setup.bootstrap, &setup.topics.deals)
+                .await
+                .into_iter()
+                .map(|r| r.value.unwrap_or_default())
+                .collect();
+        values.sort_by_key(|v| {
+            DealEvent::decode(v.as_slice())
+                .map(|e| e.idempotency_key)
+                .unwrap_or_default()
+        });
+        values
+    }
+
+    /// A call that died after recording its events and before sending them
+    /// leaves them pending; the retry, later and under another correlation
+    /// id, sends the events the first call would have sent, byte for byte,
+    /// and records their receipts.
+    #[tokio::test]
+    async fn a_retry_after_a_crash_before_sending_sends_the_recorded_event() {
+        let setup = setup().await;
         let deals = [submission("crashed-1"), submission("crashed-2")];
-        let recorded = ingestor
-            .record(&deals, Channel::Grpc, "first-attempt", Utc::now())
-            .await
-            .expect("recorded");
-        assert_eq!(recorded.inserted.len(), 2);
-        // The process dies here. The retry comes later, with another
-        // correlation id, so a rebuilt envelope would differ.
+        let first = Call::new(&deals, Channel::Webhook, "first-attempt", Utc::now()).unwrap();
+        let batch = setup.ingestor.record(&first).await.expect("recorded");
+        assert_eq!(batch.new, [0, 1]);
+        // The process dies here: its connection, and the batch's lock, go.
+        drop(batch);
         tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-        let stored: Vec<(Uuid, Vec<u8>)> = sqlx::query_as(
-            "SELECT event_id, envelope FROM ingest_submissions ORDER BY idempotency_key",
-        )
-        .fetch_all(&db.pool)
-        .await
-        .expect("stored rows");
 
-        let receipts = ingestor
+        let receipts: Vec<Receipt> = setup
+            .ingestor
             .submit(&deals, Channel::Grpc, "retry")
             .await
-            .expect("retry");
-        let receipts: Vec<Receipt> = receipts
+            .expect("retry")
             .into_iter()
             .map(|r| r.expect("a receipt"))
             .collect();
-        for (receipt, (event_id, _)) in receipts.iter().zip(&stored) {
-            assert_eq!(receipt.event_id, *event_id);
+        for (receipt, entry) in receipts.iter().zip(&first.entries) {
+            assert_eq!(receipt.event_id, entry.event_id);
             assert!(!receipt.duplicate, "the retry is the first send");
+            assert!(receipt.offset >= 0);
         }
 
-        let again = ingestor
+        let again = setup
+            .ingestor
             .submit(&deals, Channel::Grpc, "another retry")
             .await
             .expect("second retry");
@@ -513,22 +844,160 @@ mod tests {
             );
         }
 
-        let mut records = dealmesh_testkit::read_topic(&bootstrap, &topics.deals).await;
-        records.sort_by_key(|r| {
-            DealEvent::decode(r.value.as_deref().unwrap_or_default())
-                .map(|e| e.idempotency_key)
-                .unwrap_or_default()
-        });
-        let values: Vec<&[u8]> = records
+        let expected: Vec<&[u8]> = first
+            .entries
             .iter()
-            .map(|r| r.value.as_deref().unwrap_or_default())
+            .map(|e| e.envelope.as_slice())
             .collect();
-        let expected: Vec<&[u8]> = stored.iter().map(|(_, e)| e.as_slice()).collect();
         assert_eq!(
-            values, expected,
-            "the stored envelopes, byte for byte, once each"
+            log_values(&setup).await,
+            expected,
+            "the first call's events, byte for byte, once each"
         );
-        let event = DealEvent::decode(values[0]).expect("an envelope");
+        let event = DealEvent::decode(expected[0]).expect("an envelope");
         assert_eq!(event.correlation_id, "first-attempt");
+    }
+
+    /// A retry with other content under a pending key must not send its own
+    /// content: it is refused, and the key stays pending for a true retry.
+    #[tokio::test]
+    async fn a_pending_key_is_not_completed_with_other_content() {
+        let setup = setup().await;
+        let deals = [submission("pending")];
+        let first = Call::new(&deals, Channel::Grpc, "first", Utc::now()).unwrap();
+        drop(setup.ingestor.record(&first).await.expect("recorded"));
+
+        let mut other = submission("pending");
+        other.description = "something else".into();
+        let answers = setup
+            .ingestor
+            .submit(&[other], Channel::Grpc, "other")
+            .await
+            .expect("answered");
+        assert_eq!(answers, [Err(Refusal::KeyReused)]);
+        assert!(log_values(&setup).await.is_empty());
+
+        let answers = setup
+            .ingestor
+            .submit(&deals, Channel::Grpc, "retry")
+            .await
+            .expect("answered");
+        assert_eq!(
+            answers[0].as_ref().map(|r| r.event_id),
+            Ok(first.entries[0].event_id)
+        );
+        assert_eq!(
+            log_values(&setup).await,
+            std::slice::from_ref(&first.entries[0].envelope)
+        );
+    }
+
+    /// Records `key` as a replica of the previous version did: the row with
+    /// its envelope, no batch, no receipt yet.
+    async fn record_as_before_batches(setup: &Setup, key: &str) -> Entry {
+        let deals = [submission(key)];
+        let old = Call::new(&deals, Channel::Csv, "before-upgrade", Utc::now()).unwrap();
+        let entry = old.entries.into_iter().next().expect("one entry");
+        sqlx::query(
+            "INSERT INTO ingest_submissions
+                 (source, idempotency_key, fingerprint, event_id, deal_id, company_key, envelope)
+             VALUES ('tests', $1, $2, $3, $4, $5, $6)",
+        )
+        .bind(key)
+        .bind(&old.fingerprints[0])
+        .bind(entry.event_id)
+        .bind(entry.deal_id)
+        .bind(&entry.company_key)
+        .bind(&entry.envelope)
+        .execute(&setup.pool)
+        .await
+        .expect("a row as stored before batches");
+        entry
+    }
+
+    /// While a replica of the previous version sends a key (holding its row
+    /// lock), a retry on this version waits and answers from its receipt.
+    #[tokio::test]
+    async fn a_retry_waits_for_a_previous_version_sending_the_key() {
+        let setup = setup().await;
+        let entry = record_as_before_batches(&setup, "in-flight").await;
+        let mut sender = setup.pool.begin().await.expect("a transaction");
+        sqlx::query(
+            "SELECT 1 FROM ingest_submissions
+             WHERE idempotency_key = 'in-flight' FOR NO KEY UPDATE",
+        )
+        .execute(&mut *sender)
+        .await
+        .expect("the row locked");
+
+        let ingestor = setup.ingestor.clone();
+        let retry = tokio::spawn(async move {
+            ingestor
+                .submit(&[submission("in-flight")], Channel::Grpc, "retry")
+                .await
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        assert!(!retry.is_finished(), "the retry waits for the sender");
+
+        let delivery = setup
+            .ingestor
+            .producer
+            .publish_encoded(&entry.event, &entry.envelope)
+            .await
+            .expect("sent");
+        sqlx::query(
+            "UPDATE ingest_submissions SET kafka_partition = $1, kafka_offset = $2
+             WHERE idempotency_key = 'in-flight'",
+        )
+        .bind(delivery.partition)
+        .bind(delivery.offset)
+        .execute(&mut *sender)
+        .await
+        .expect("the receipt");
+        sender.commit().await.expect("committed");
+
+        let answers = retry.await.expect("joined").expect("answered");
+        let receipt = answers[0].clone().expect("a receipt");
+        assert_eq!(
+            (receipt.event_id, receipt.offset, receipt.duplicate),
+            (entry.event_id, delivery.offset, true)
+        );
+        assert_eq!(
+            log_values(&setup).await,
+            std::slice::from_ref(&entry.envelope)
+        );
+    }
+
+    /// A key recorded before batches, with its envelope and without a
+    /// receipt, is sent as stored by its retry.
+    #[tokio::test]
+    async fn a_pending_row_from_before_batches_is_sent_as_stored() {
+        let setup = setup().await;
+        let entry = &record_as_before_batches(&setup, "legacy").await;
+        let deals = [submission("legacy")];
+
+        let answers = setup
+            .ingestor
+            .submit(&deals, Channel::Grpc, "retry")
+            .await
+            .expect("answered");
+        let receipt = answers[0].clone().expect("a receipt");
+        assert_eq!(
+            (receipt.event_id, receipt.duplicate),
+            (entry.event_id, false)
+        );
+        let again = setup
+            .ingestor
+            .submit(&deals, Channel::Grpc, "again")
+            .await
+            .expect("answered");
+        assert_eq!(
+            again[0].clone().map(|r| (r.offset, r.duplicate)),
+            Ok((receipt.offset, true))
+        );
+        assert_eq!(
+            log_values(&setup).await,
+            std::slice::from_ref(&entry.envelope)
+        );
     }
 }
