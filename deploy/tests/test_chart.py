@@ -545,3 +545,26 @@ def test_failed_enrichments_are_redriven_on_a_schedule_by_their_own_pods():
     off = render({"enrich": {"redrive": {"enabled": False}}})
     assert not by_kind(off, "CronJob")
     assert not by_kind(render({"enrich": {"enabled": False}}), "CronJob")
+
+
+def test_every_pod_of_the_release_is_scheduled_as_pod_defaults_say():
+    scheduling = {
+        "priorityClassName": "dealflow-critical",
+        "nodeSelector": {"pool": "apps"},
+        "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "dealmesh", "effect": "NoSchedule"}],
+        "affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
+            "nodeSelectorTerms": [{"matchExpressions": [{"key": "pool", "operator": "In", "values": ["apps"]}]}]}}},
+    }
+    manifests = render({"podDefaults": scheduling, "enrich": {"redrive": {"enabled": True}}})
+    pods = {(m.doc["kind"], m.doc["metadata"]["name"]): pod_spec(m.doc) for m in manifests if pod_spec(m.doc)}
+    # Services, migration and topic hooks, the redrive CronJob and the
+    # `helm test` pods alike: a hook that lands on a node the services may
+    # not use blocks the upgrade.
+    assert {kind for kind, _ in pods} == {"Deployment", "Job", "CronJob", "Pod"}
+    for name, pod in pods.items():
+        assert {k: pod.get(k) for k in scheduling} == scheduling, name
+
+    plain = render({"enrich": {"redrive": {"enabled": True}}})
+    for m in plain:
+        if pod := pod_spec(m.doc):
+            assert not set(scheduling) & set(pod), m.doc["metadata"]["name"]

@@ -302,6 +302,29 @@ binary). Takes (dict "root" $ "svc" name). Secrets only ever by reference.
 {{- end }}
 {{- end }}
 
+{{/*
+Where a pod may run, from podDefaults: priority class, node selector,
+tolerations, affinity. The same for services, hooks and CronJobs, so a pod
+of the release is never scheduled where its services could not be.
+*/}}
+{{- define "dealmesh.podScheduling" -}}
+{{- with .priorityClassName }}
+priorityClassName: {{ . }}
+{{- end }}
+{{- with .nodeSelector }}
+nodeSelector:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .tolerations }}
+tolerations:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .affinity }}
+affinity:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end }}
+
 {{/* Kafka TLS files, mounted where KAFKA_SSL_*_LOCATION point. */}}
 {{- define "dealmesh.volumeMounts" -}}
 - name: tmp
