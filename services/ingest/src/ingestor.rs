@@ -4,7 +4,7 @@
 //! The keys a call is the first to record form one batch:
 //!
 //! 1. On one connection the call takes a session advisory lock named after
-//!    a fresh batch id and, in one transaction, inserts a row per new key
+//!    a fresh batch id and, in one statement, inserts a row per new key
 //!    (event id, fingerprint, position in the batch) and the batch row (the
 //!    time, channel and correlation id the events share), and commits: from
 //!    here on the event id of each new key is fixed. The insert reports
@@ -171,23 +171,30 @@ impl Ingestor {
         let batch_id = Uuid::now_v7();
         let lock = lock_key(batch_id);
         let mut conn = LockedConnection::acquire(&self.pool).await?;
-        let mut tx = sqlx::Connection::begin(conn.conn()).await?;
         sqlx::query("SELECT pg_advisory_lock($1)")
             .bind(lock)
-            .execute(&mut *tx)
+            .execute(conn.conn())
             .await?;
+        // One statement, so one commit: the new keys' rows and, if there
+        // are any, their batch.
         let entries = &call.entries;
         let inserted: Vec<i32> = sqlx::query_scalar(
-            "INSERT INTO ingest_submissions
-                 (source, idempotency_key, fingerprint, event_id, deal_id, company_key,
-                  batch_id, batch_index)
-             SELECT u.source, u.idempotency_key, u.fingerprint, u.event_id, u.deal_id,
-                    u.company_key, $7, u.batch_index::int4
-             FROM UNNEST($1::text[], $2::text[], $3::bytea[], $4::uuid[], $5::uuid[], $6::text[])
-                  WITH ORDINALITY
-                  AS u(source, idempotency_key, fingerprint, event_id, deal_id, company_key, batch_index)
-             ON CONFLICT (source, idempotency_key) DO NOTHING
-             RETURNING batch_index",
+            "WITH new AS (
+                 INSERT INTO ingest_submissions
+                     (source, idempotency_key, fingerprint, event_id, deal_id, company_key,
+                      batch_id, batch_index)
+                 SELECT u.source, u.idempotency_key, u.fingerprint, u.event_id, u.deal_id,
+                        u.company_key, $7, u.batch_index::int4
+                 FROM UNNEST($1::text[], $2::text[], $3::bytea[], $4::uuid[], $5::uuid[], $6::text[])
+                      WITH ORDINALITY
+                      AS u(source, idempotency_key, fingerprint, event_id, deal_id, company_key, batch_index)
+                 ON CONFLICT (source, idempotency_key) DO NOTHING
+                 RETURNING batch_index
+             ), batch AS (
+                 INSERT INTO ingest_batches (batch_id, recorded_at, channel, correlation_id)
+                 SELECT $7, $8, $9, $10 WHERE EXISTS (SELECT FROM new)
+             )
+             SELECT batch_index FROM new",
         )
         .bind(entries.iter().map(|e| call.key(e.first).0).collect::<Vec<_>>())
         .bind(entries.iter().map(|e| call.key(e.first).1).collect::<Vec<_>>())
@@ -196,21 +203,11 @@ impl Ingestor {
         .bind(entries.iter().map(|e| e.deal_id).collect::<Vec<_>>())
         .bind(entries.iter().map(|e| e.company_key.as_str()).collect::<Vec<_>>())
         .bind(batch_id)
-        .fetch_all(&mut *tx)
+        .bind(call.now)
+        .bind(call.channel as i32)
+        .bind(call.correlation_id)
+        .fetch_all(conn.conn())
         .await?;
-        if !inserted.is_empty() {
-            sqlx::query(
-                "INSERT INTO ingest_batches (batch_id, recorded_at, channel, correlation_id)
-                 VALUES ($1, $2, $3, $4)",
-            )
-            .bind(batch_id)
-            .bind(call.now)
-            .bind(call.channel as i32)
-            .bind(call.correlation_id)
-            .execute(&mut *tx)
-            .await?;
-        }
-        tx.commit().await?;
         let mut new: Vec<usize> = inserted
             .into_iter()
             .filter_map(|position| usize::try_from(position - 1).ok())
