@@ -751,7 +751,7 @@ mod tests {
     struct Setup {
         bootstrap: String,
         topics: Topics,
-        _db: dealmesh_testkit::TestDatabase,
+        db: dealmesh_testkit::TestDatabase,
         pool: PgPool,
         ingestor: Ingestor,
     }
@@ -778,7 +778,7 @@ mod tests {
             topics,
             ingestor: Ingestor::new(pool.clone(), producer),
             pool,
-            _db: db,
+            db,
         }
     }
 
@@ -887,6 +887,87 @@ mod tests {
             log_values(&setup).await,
             std::slice::from_ref(&first.entries[0].envelope)
         );
+    }
+
+    /// Two replicas (own pools, one database and broker) take overlapping
+    /// batches in different orders at the same time: every key lands once,
+    /// every answer for it names that one event, and exactly one answer per
+    /// key is not a duplicate. Nothing deadlocks.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn overlapping_batches_on_two_replicas_write_each_key_once() {
+        let setup = setup().await;
+        let other_pool = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(5)
+            .connect(&setup.db.url)
+            .await
+            .expect("a second pool");
+        let replicas = [
+            setup.ingestor.clone(),
+            Ingestor::new(other_pool, setup.ingestor.producer.clone()),
+        ];
+        const KEYS: usize = 240;
+        let calls: Vec<_> = (0..6)
+            .map(|task| {
+                let ingestor = replicas[task % 2].clone();
+                // Each task walks all keys from its own starting point, in
+                // batches of 40, half of them backwards.
+                let mut keys: Vec<usize> = (0..KEYS).map(|k| (k + task * 37) % KEYS).collect();
+                if task % 3 == 1 {
+                    keys.reverse();
+                }
+                tokio::spawn(async move {
+                    let mut answers = Vec::new();
+                    for chunk in keys.chunks(40) {
+                        let deals: Vec<Submission> = chunk
+                            .iter()
+                            .map(|k| submission(&format!("k{k:03}")))
+                            .collect();
+                        let receipts = ingestor
+                            .submit(&deals, Channel::Grpc, &format!("task-{task}"))
+                            .await
+                            .expect("answered");
+                        for (k, receipt) in chunk.iter().zip(receipts) {
+                            answers.push((*k, receipt.expect("a receipt")));
+                        }
+                    }
+                    answers
+                })
+            })
+            .collect();
+        let mut by_key: BTreeMap<usize, Vec<Receipt>> = BTreeMap::new();
+        for call in calls {
+            let answers = tokio::time::timeout(std::time::Duration::from_secs(120), call)
+                .await
+                .expect("no deadlock")
+                .expect("joined");
+            for (k, receipt) in answers {
+                by_key.entry(k).or_default().push(receipt);
+            }
+        }
+        assert_eq!(by_key.len(), KEYS);
+        for (k, receipts) in &by_key {
+            assert_eq!(receipts.len(), 6, "key {k}");
+            assert_eq!(
+                receipts.iter().filter(|r| !r.duplicate).count(),
+                1,
+                "key {k}"
+            );
+            let first = &receipts[0];
+            assert!(
+                receipts.iter().all(|r| (r.event_id, r.partition, r.offset)
+                    == (first.event_id, first.partition, first.offset)),
+                "key {k}: {receipts:?}"
+            );
+        }
+        let events: Vec<DealEvent> = log_values(&setup)
+            .await
+            .iter()
+            .map(|v| DealEvent::decode(v.as_slice()).expect("an envelope"))
+            .collect();
+        assert_eq!(events.len(), KEYS, "one event per key");
+        let ids: std::collections::HashSet<&str> =
+            events.iter().map(|e| e.event_id.as_str()).collect();
+        assert_eq!(ids.len(), KEYS);
     }
 
     /// Records `key` as a replica of the previous version did: the row with
