@@ -68,11 +68,14 @@ pub async fn ingestor_and_pool(
     } else {
         topics::Topics::new(&config.kafka.topic_prefix)
     };
-    let mut producer = EventProducer::new(&config.kafka, topics, crate::ingestor::CE_SOURCE)?;
-    if let Some(registry) = registry {
-        producer = producer.with_metrics(registry);
-    }
-    Ok((Ingestor::new(pool.clone(), producer), pool))
+    let producer = EventProducer::new(&config.kafka, topics, crate::ingestor::CE_SOURCE)?;
+    let ingestor = match registry {
+        Some(registry) => {
+            Ingestor::new(pool.clone(), producer.with_metrics(registry)).with_metrics(registry)
+        }
+        None => Ingestor::new(pool.clone(), producer),
+    };
+    Ok((ingestor, pool))
 }
 
 /// A built service: ports bound, dependencies connected, not yet serving.

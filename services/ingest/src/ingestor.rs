@@ -36,6 +36,9 @@ use chrono::{DateTime, SubsecRound, Utc};
 use dealmesh_eventlog::{EventProducer, envelope, ids};
 use dealmesh_proto::v1::{self, Channel, CompanyKeyKind, DealSourced};
 use dealmesh_proto::{DealEvent, Payload};
+use dealmesh_runtime::metrics::prometheus_client::metrics::counter::Counter;
+use dealmesh_runtime::metrics::prometheus_client::metrics::family::Family;
+use dealmesh_runtime::metrics::prometheus_client::registry::Registry;
 use prost::Message;
 use sqlx::pool::PoolConnection;
 use sqlx::{PgConnection, PgPool, Postgres};
@@ -84,6 +87,7 @@ pub enum Refusal {
 pub struct Ingestor {
     pool: PgPool,
     producer: EventProducer,
+    submissions: Family<Vec<(&'static str, &'static str)>, Counter>,
 }
 
 /// What the store knows of a recorded key.
@@ -138,7 +142,24 @@ fn lock_key(id: Uuid) -> i64 {
 
 impl Ingestor {
     pub fn new(pool: PgPool, producer: EventProducer) -> Self {
-        Self { pool, producer }
+        Self {
+            pool,
+            producer,
+            submissions: Family::default(),
+        }
+    }
+
+    /// Counts every submission answered, by channel and outcome, in
+    /// `registry`: `new` (this call put its event on the log), `completed`
+    /// (a retry put on the log the recorded event of a call that died
+    /// first), `duplicate`, `key_reused`.
+    pub fn with_metrics(self, registry: &mut Registry) -> Self {
+        registry.register(
+            "ingest_submissions",
+            "Submissions answered, by channel and outcome (new, completed, duplicate, key_reused)",
+            self.submissions.clone(),
+        );
+        self
     }
 
     /// Waits for queued records to reach the broker.
@@ -163,7 +184,40 @@ impl Ingestor {
         let batch = self.record(&call).await?;
         self.send_batch(&call, batch, &mut answers).await?;
         self.answer_recorded(&call, &mut answers).await?;
-        Ok(answers.finish(&call))
+        let completed = answers.completed;
+        let results = answers.finish(&call);
+        self.count(channel, &results, completed);
+        Ok(results)
+    }
+
+    fn count(&self, channel: Channel, results: &[Result<Receipt, Refusal>], completed: usize) {
+        let channel = match channel {
+            Channel::Grpc => "grpc",
+            Channel::Webhook => "webhook",
+            Channel::Csv => "csv",
+            Channel::Poller => "poller",
+            Channel::Unspecified => "unspecified",
+        };
+        let (mut sent, mut duplicate, mut refused) = (0_usize, 0_usize, 0_usize);
+        for result in results {
+            match result {
+                Ok(receipt) if receipt.duplicate => duplicate += 1,
+                Ok(_) => sent += 1,
+                Err(Refusal::KeyReused) => refused += 1,
+            }
+        }
+        for (outcome, count) in [
+            ("new", sent.saturating_sub(completed)),
+            ("completed", completed),
+            ("duplicate", duplicate),
+            ("key_reused", refused),
+        ] {
+            if count > 0 {
+                self.submissions
+                    .get_or_create(&vec![("channel", channel), ("outcome", outcome)])
+                    .inc_by(count as u64);
+            }
+        }
     }
 
     /// Step 1: records the call's new keys as one batch, holding its lock.
@@ -385,6 +439,7 @@ impl Ingestor {
             row.kafka_offset = Some(delivery.offset);
             let fingerprint = row.fingerprint.clone();
             answers.sent(e, index, row.receipt(false), fingerprint);
+            answers.completed += 1;
         }
         Ok(())
     }
@@ -578,6 +633,8 @@ impl<'a> Call<'a> {
 /// Each entry's answer as it becomes known.
 struct Answers {
     known: Vec<Option<Known>>,
+    /// Entries this call sent for a call that died first.
+    completed: usize,
 }
 
 /// What is known of one entry.
@@ -594,7 +651,10 @@ impl Answers {
     fn new(call: &Call<'_>) -> Self {
         let mut known = Vec::new();
         known.resize_with(call.entries.len(), || None);
-        Self { known }
+        Self {
+            known,
+            completed: 0,
+        }
     }
 
     fn has(&self, e: usize) -> bool {
@@ -804,7 +864,9 @@ mod tests {
     /// and records their receipts.
     #[tokio::test]
     async fn a_retry_after_a_crash_before_sending_sends_the_recorded_event() {
-        let setup = setup().await;
+        let mut setup = setup().await;
+        let mut registry = Registry::default();
+        setup.ingestor = setup.ingestor.clone().with_metrics(&mut registry);
         let deals = [submission("crashed-1"), submission("crashed-2")];
         let first = Call::new(&deals, Channel::Webhook, "first-attempt", Utc::now()).unwrap();
         let batch = setup.ingestor.record(&first).await.expect("recorded");
@@ -853,6 +915,20 @@ mod tests {
         );
         let event = DealEvent::decode(expected[0]).expect("an envelope");
         assert_eq!(event.correlation_id, "first-attempt");
+
+        let mut metrics = String::new();
+        dealmesh_runtime::metrics::prometheus_client::encoding::text::encode(
+            &mut metrics,
+            &registry,
+        )
+        .expect("metrics");
+        for line in [
+            r#"ingest_submissions_total{channel="grpc",outcome="completed"} 2"#,
+            r#"ingest_submissions_total{channel="grpc",outcome="duplicate"} 2"#,
+        ] {
+            assert!(metrics.contains(line), "{line} in {metrics}");
+        }
+        assert!(!metrics.contains(r#"outcome="new""#), "{metrics}");
     }
 
     /// A retry with other content under a pending key must not send its own

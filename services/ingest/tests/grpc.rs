@@ -270,12 +270,14 @@ async fn health_reflection_and_metrics_are_served() {
     );
 
     let mut client = ingest.client().await;
-    client
-        .submit_deal(SubmitDealRequest {
-            deal: Some(deal("m-1", "Metered", "metered.io")),
-        })
-        .await
-        .unwrap();
+    for _ in 0..2 {
+        client
+            .submit_deal(SubmitDealRequest {
+                deal: Some(deal("m-1", "Metered", "metered.io")),
+            })
+            .await
+            .unwrap();
+    }
 
     let http = reqwest::Client::new();
     let ready = http
@@ -306,5 +308,11 @@ async fn health_reflection_and_metrics_are_served() {
         metrics.contains("dealmesh_produced_records_total"),
         "{metrics}"
     );
+    for line in [
+        r#"ingest_submissions_total{channel="grpc",outcome="new"} 1"#,
+        r#"ingest_submissions_total{channel="grpc",outcome="duplicate"} 1"#,
+    ] {
+        assert!(metrics.contains(line), "{line} in {metrics}");
+    }
     ingest.stop().await;
 }
