@@ -88,11 +88,6 @@ pub fn current_trace() -> TraceHeaders {
     TraceHeaders(carrier)
 }
 
-/// Adds `traceparent` (and `tracestate`) for the current span.
-pub fn inject_current_trace(headers: OwnedHeaders) -> OwnedHeaders {
-    current_trace().add_to(headers)
-}
-
 /// The OpenTelemetry context carried by a record's headers (empty if none).
 pub fn extract_context(headers: &[(String, Vec<u8>)]) -> opentelemetry::Context {
     let mut carrier = HashMap::new();

@@ -223,10 +223,9 @@ impl Ingestor {
     /// Step 1: records the call's new keys as one batch, holding its lock.
     async fn record(&self, call: &Call<'_>) -> Result<Batch> {
         let batch_id = Uuid::now_v7();
-        let lock = lock_key(batch_id);
         let mut conn = LockedConnection::acquire(&self.pool).await?;
         sqlx::query("SELECT pg_advisory_lock($1)")
-            .bind(lock)
+            .bind(lock_key(batch_id))
             .execute(conn.conn())
             .await?;
         // One statement, so one commit: the new keys' rows and, if there
@@ -271,7 +270,6 @@ impl Ingestor {
         Ok(Batch {
             conn,
             batch_id,
-            lock,
             new,
         })
     }
@@ -282,7 +280,6 @@ impl Ingestor {
         let Batch {
             mut conn,
             batch_id,
-            lock,
             new,
         } = batch;
         if !new.is_empty() {
@@ -326,7 +323,7 @@ impl Ingestor {
                 );
             }
         }
-        conn.release(lock).await
+        conn.release(lock_key(batch_id)).await
     }
 
     /// Answers the keys recorded before this call, completing those whose
@@ -338,9 +335,7 @@ impl Ingestor {
         if recorded.is_empty() {
             return Ok(());
         }
-        let mut conn = self.pool.acquire().await?;
-        let rows = fetch_rows(&mut conn, call, &recorded, Lock::None).await?;
-        drop(conn);
+        let rows = fetch_rows(&self.pool, call, &recorded, Lock::None).await?;
         // Pending rows, by the lock their sender holds.
         let mut waiting: BTreeMap<i64, Vec<usize>> = BTreeMap::new();
         for (e, row) in rows {
@@ -455,7 +450,7 @@ enum Lock {
 
 /// The rows of `entries`, by entry, with their receipts.
 async fn fetch_rows(
-    conn: &mut PgConnection,
+    executor: impl sqlx::PgExecutor<'_>,
     call: &Call<'_>,
     entries: &[usize],
     lock: Lock,
@@ -492,7 +487,7 @@ async fn fetch_rows(
                 .map(|&e| call.key(call.entries[e].first).1)
                 .collect::<Vec<_>>(),
         )
-        .fetch_all(conn)
+        .fetch_all(executor)
         .await?;
     Ok(rows
         .into_iter()
@@ -544,8 +539,8 @@ impl Drop for LockedConnection {
 /// The new keys of a call, recorded and locked, not yet sent.
 struct Batch {
     conn: LockedConnection,
+    /// Its lock is `lock_key(batch_id)`.
     batch_id: Uuid,
-    lock: i64,
     /// Entries whose key this call recorded first, ascending.
     new: Vec<usize>,
 }
