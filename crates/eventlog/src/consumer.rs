@@ -330,8 +330,17 @@ impl<H: Handler> ConsumerLoop<H> {
                 Err(error) => tracing::error!(%error, "handler task failed"),
             }
         }
-        commit(&consumer, &tracker, CommitMode::Sync);
-        consumer.unsubscribe();
+        // A synchronous commit waits for the broker for as long as it takes:
+        // off the runtime's workers, so a broker that is gone cannot stall
+        // the service's grace period.
+        let finished = tokio::task::spawn_blocking(move || {
+            commit(&consumer, &tracker, CommitMode::Sync);
+            consumer.unsubscribe();
+        })
+        .await;
+        if let Err(error) = finished {
+            tracing::error!(%error, "final commit failed");
+        }
         tracing::info!("consumer stopped");
         Ok(())
     }
