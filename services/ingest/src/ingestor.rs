@@ -8,7 +8,9 @@
 //!    (event id, fingerprint, position in the batch) and the batch row (the
 //!    time, channel and correlation id the events share), and commits: from
 //!    here on the event id of each new key is fixed. The insert reports
-//!    which keys were new: their events are sent from memory.
+//!    which keys were new: their events are sent from memory. It is first
+//!    tried as a plain insert, which fails whole if any key is on record,
+//!    and only then with `ON CONFLICT DO NOTHING`, which costs more per key.
 //! 2. Once the broker has acknowledged them all, the receipts are written
 //!    on the batch row in one update and the lock is released. A submission
 //!    row is written once and never updated.
@@ -228,45 +230,16 @@ impl Ingestor {
             .bind(lock_key(batch_id))
             .execute(conn.conn())
             .await?;
-        // One statement, so one commit: the new keys' rows and, if there
-        // are any, their batch.
-        let entries = &call.entries;
-        let inserted: Vec<i32> = sqlx::query_scalar(
-            "WITH new AS (
-                 INSERT INTO ingest_submissions
-                     (source, idempotency_key, fingerprint, event_id, deal_id, company_key,
-                      batch_id, batch_index)
-                 SELECT u.source, u.idempotency_key, u.fingerprint, u.event_id, u.deal_id,
-                        u.company_key, $7, u.batch_index::int4
-                 FROM UNNEST($1::text[], $2::text[], $3::bytea[], $4::uuid[], $5::uuid[], $6::text[])
-                      WITH ORDINALITY
-                      AS u(source, idempotency_key, fingerprint, event_id, deal_id, company_key, batch_index)
-                 ON CONFLICT (source, idempotency_key) DO NOTHING
-                 RETURNING batch_index
-             ), batch AS (
-                 INSERT INTO ingest_batches (batch_id, recorded_at, channel, correlation_id)
-                 SELECT $7, $8, $9, $10 WHERE EXISTS (SELECT FROM new)
-             )
-             SELECT batch_index FROM new",
-        )
-        .bind(entries.iter().map(|e| call.key(e.first).0).collect::<Vec<_>>())
-        .bind(entries.iter().map(|e| call.key(e.first).1).collect::<Vec<_>>())
-        .bind(entries.iter().map(|e| call.fingerprints[e.first].as_slice()).collect::<Vec<_>>())
-        .bind(entries.iter().map(|e| e.event_id).collect::<Vec<_>>())
-        .bind(entries.iter().map(|e| e.deal_id).collect::<Vec<_>>())
-        .bind(entries.iter().map(|e| e.company_key.as_str()).collect::<Vec<_>>())
-        .bind(batch_id)
-        .bind(call.now)
-        .bind(call.channel as i32)
-        .bind(call.correlation_id)
-        .fetch_all(conn.conn())
-        .await?;
-        let mut new: Vec<usize> = inserted
-            .into_iter()
-            .filter_map(|position| usize::try_from(position - 1).ok())
-            .filter(|&e| e < entries.len())
-            .collect();
-        new.sort_unstable();
+        // Most calls bring only new keys: a plain insert records them at a
+        // fraction of the cost of `ON CONFLICT`'s speculative insertion. A
+        // key on record fails it as a whole (nothing is written), and the
+        // call records its keys again, skipping those on record.
+        let new = match insert_batch(conn.conn(), call, batch_id, Conflicts::Fail).await {
+            Err(Error::Database(sqlx::Error::Database(error))) if error.is_unique_violation() => {
+                insert_batch(conn.conn(), call, batch_id, Conflicts::Skip).await?
+            }
+            inserted => inserted?,
+        };
         Ok(Batch {
             conn,
             batch_id,
@@ -438,6 +411,97 @@ impl Ingestor {
         }
         Ok(())
     }
+}
+
+/// What [`insert_batch`] does with a key already on record.
+#[derive(Clone, Copy)]
+enum Conflicts {
+    /// Fails the statement: nothing is written.
+    Fail,
+    /// Leaves the recorded key as it is.
+    Skip,
+}
+
+/// Records the keys of `call` not yet on record as batch `batch_id`, and
+/// the batch row if there are any, in one statement, so in one commit. The
+/// entries recorded, ascending.
+async fn insert_batch(
+    conn: &mut PgConnection,
+    call: &Call<'_>,
+    batch_id: Uuid,
+    conflicts: Conflicts,
+) -> Result<Vec<usize>> {
+    macro_rules! insert {
+        ($on_conflict:literal) => {
+            concat!(
+                "WITH new AS (
+                     INSERT INTO ingest_submissions
+                         (source, idempotency_key, fingerprint, event_id, deal_id, company_key,
+                          batch_id, batch_index)
+                     SELECT u.source, u.idempotency_key, u.fingerprint, u.event_id, u.deal_id,
+                            u.company_key, $7, u.batch_index::int4
+                     FROM UNNEST($1::text[], $2::text[], $3::bytea[], $4::uuid[], $5::uuid[],
+                                 $6::text[])
+                          WITH ORDINALITY
+                          AS u(source, idempotency_key, fingerprint, event_id, deal_id,
+                               company_key, batch_index)
+                     ",
+                $on_conflict,
+                "
+                     RETURNING batch_index
+                 ), batch AS (
+                     INSERT INTO ingest_batches (batch_id, recorded_at, channel, correlation_id)
+                     SELECT $7, $8, $9, $10 WHERE EXISTS (SELECT FROM new)
+                 )
+                 SELECT batch_index FROM new"
+            )
+        };
+    }
+    let sql = match conflicts {
+        Conflicts::Fail => insert!(""),
+        Conflicts::Skip => insert!("ON CONFLICT (source, idempotency_key) DO NOTHING"),
+    };
+    let entries = &call.entries;
+    let inserted: Vec<i32> = sqlx::query_scalar(sql)
+        .bind(
+            entries
+                .iter()
+                .map(|e| call.key(e.first).0)
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            entries
+                .iter()
+                .map(|e| call.key(e.first).1)
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            entries
+                .iter()
+                .map(|e| call.fingerprints[e.first].as_slice())
+                .collect::<Vec<_>>(),
+        )
+        .bind(entries.iter().map(|e| e.event_id).collect::<Vec<_>>())
+        .bind(entries.iter().map(|e| e.deal_id).collect::<Vec<_>>())
+        .bind(
+            entries
+                .iter()
+                .map(|e| e.company_key.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(batch_id)
+        .bind(call.now)
+        .bind(call.channel as i32)
+        .bind(call.correlation_id)
+        .fetch_all(conn)
+        .await?;
+    let mut new: Vec<usize> = inserted
+        .into_iter()
+        .filter_map(|position| usize::try_from(position - 1).ok())
+        .filter(|&e| e < entries.len())
+        .collect();
+    new.sort_unstable();
+    Ok(new)
 }
 
 /// Whether [`fetch_rows`] waits for row locks.
@@ -851,6 +915,66 @@ mod tests {
                 .unwrap_or_default()
         });
         values
+    }
+
+    /// A call whose keys are partly on record: the plain insert fails on
+    /// them and writes nothing; the call then records only its new keys, as
+    /// one batch, and answers the others from the record.
+    #[tokio::test]
+    async fn a_call_with_keys_on_record_records_only_its_new_keys() {
+        let setup = setup().await;
+        let first = setup
+            .ingestor
+            .submit(
+                &[submission("mixed-2"), submission("mixed-4")],
+                Channel::Grpc,
+                "first",
+            )
+            .await
+            .expect("answered");
+        let keys = ["mixed-1", "mixed-2", "mixed-3", "mixed-4", "mixed-5"];
+        let deals: Vec<Submission> = keys.iter().map(|k| submission(k)).collect();
+        let answers: Vec<Receipt> = setup
+            .ingestor
+            .submit(&deals, Channel::Grpc, "second")
+            .await
+            .expect("answered")
+            .into_iter()
+            .map(|r| r.expect("a receipt"))
+            .collect();
+        let duplicates: Vec<bool> = answers.iter().map(|r| r.duplicate).collect();
+        assert_eq!(duplicates, [false, true, false, true, false]);
+        let recorded = first[0].clone().expect("a receipt");
+        assert_eq!(
+            (answers[1].event_id, answers[1].partition, answers[1].offset),
+            (recorded.event_id, recorded.partition, recorded.offset)
+        );
+
+        let rows: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT s.idempotency_key, count(b.batch_id)
+             FROM ingest_submissions s LEFT JOIN ingest_batches b USING (batch_id)
+             GROUP BY 1 ORDER BY 1",
+        )
+        .fetch_all(&setup.pool)
+        .await
+        .expect("rows");
+        let expected: Vec<(String, i64)> = keys.iter().map(|k| (k.to_string(), 1)).collect();
+        assert_eq!(rows, expected, "each key once, each with its batch");
+        let batches: i64 = sqlx::query_scalar("SELECT count(*) FROM ingest_batches")
+            .fetch_one(&setup.pool)
+            .await
+            .expect("batches");
+        assert_eq!(batches, 2, "the failed plain insert left no batch behind");
+        let events: Vec<String> = log_values(&setup)
+            .await
+            .iter()
+            .map(|v| {
+                DealEvent::decode(v.as_slice())
+                    .expect("an envelope")
+                    .idempotency_key
+            })
+            .collect();
+        assert_eq!(events, keys, "one event per key");
     }
 
     /// A call that died after recording its events and before sending them
