@@ -24,11 +24,14 @@
 //! 4. Prints both rates, the ratio, each process's peak resident memory
 //!    (`VmHWM`; the bare producer's includes every envelope it holds), and
 //!    the CPU time per deal of ingest, of the PostgreSQL backends serving it,
-//!    of the gRPC clients (this process) and of the bare producer (from
+//!    of the gRPC clients (this process), of the bare producer and, in each
+//!    phase, of the broker when it is a tansu on this machine (from
 //!    `/proc/<pid>/task/*/schedstat`), and how busy the whole machine was
 //!    in each phase (`/proc/stat`): on a machine that runs the broker,
 //!    PostgreSQL, ingest and the clients side by side, a phase at 100% is
-//!    bound by CPU, not by waiting.
+//!    bound by CPU, not by waiting. The machine's busy CPU time per deal in
+//!    each phase is set beside what its cores allow per deal at 80% of the
+//!    bare rate: a phase costing more than that cannot reach 80% here.
 //!
 //! A warm-up batch on each side (connections, metadata) is not timed.
 //! `--ingest-env` and `--pg-setup` try a setting or a schema change. The
@@ -89,6 +92,8 @@ struct Args {
     bare_prefix: Option<String>,
     #[arg(long, hide = true, default_value_t = 0)]
     bare_warmup: usize,
+    #[arg(long, hide = true)]
+    bare_broker_pid: Option<u32>,
 }
 
 #[tokio::main]
@@ -127,12 +132,18 @@ async fn main() -> anyhow::Result<()> {
     let ingest_pid = ingest.child.id();
     let ingest_cpu = || ingest_pid.and_then(cpu_secs).unwrap_or_default();
     let own_cpu = || cpu_secs(std::process::id()).unwrap_or_default();
+    let broker_pid = broker_pid(&bootstrap);
+    let broker_cpu = || broker_pid.and_then(cpu_secs);
     let backends_before = backends(&db.pool).await?;
     let (ingest_cpu0, pg_cpu0, client_cpu0) = (ingest_cpu(), cpu_of(&backends_before), own_cpu());
+    let broker_cpu0 = broker_cpu();
     let machine0 = machine_ticks();
     let ingest_result = submit_timed(&args, clients).await;
     let machine_busy = busy_share(machine0, machine_ticks());
     let client_cpu = own_cpu() - client_cpu0;
+    let ingest_broker_cpu = broker_cpu()
+        .zip(broker_cpu0)
+        .map(|(after, before)| after - before);
     let mut backends_after = backends(&db.pool).await?;
     backends_after.extend(backends_before);
     backends_after.sort_unstable();
@@ -194,6 +205,7 @@ async fn main() -> anyhow::Result<()> {
         .args(["--deals", &args.deals.to_string()])
         .args(["--batch", &args.batch.to_string()])
         .args(["--clients", &args.clients.to_string()])
+        .args(broker_pid.map(|pid| format!("--bare-broker-pid={pid}")))
         .stderr(Stdio::inherit())
         .output()
         .await?;
@@ -222,21 +234,39 @@ async fn main() -> anyhow::Result<()> {
         mib(bare_hwm)
     );
     let per_deal = |secs: f64| secs * 1e6 / args.deals as f64;
+    let micros =
+        |secs: Option<f64>| secs.map_or("n/a".to_owned(), |s| format!("{:.0}", per_deal(s)));
     println!(
-        "CPU per deal: ingest {:.0} us + its PostgreSQL backends {:.0} us + the gRPC clients {:.0} us; \
-         bare producer {:.0} us (broker not counted)",
+        "CPU per deal: ingest {:.0} us + its PostgreSQL backends {:.0} us + the gRPC clients {:.0} us \
+         + the broker {} us; bare producer {:.0} us + the broker {} us",
         per_deal(ingest_cpu),
         per_deal(pg_cpu),
         per_deal(client_cpu),
+        micros(ingest_broker_cpu),
         per_deal(bare["cpu_secs"].as_f64().unwrap_or_default()),
+        micros(bare["broker_cpu_secs"].as_f64()),
     );
     let percent =
         |share: Option<f64>| share.map_or("n/a".to_owned(), |s| format!("{:.0}%", s * 100.0));
+    let cores = std::thread::available_parallelism().map_or(1, usize::from) as f64;
     println!(
-        "machine CPU busy ({} cores): {} while ingest ran, {} while the bare producer ran",
-        std::thread::available_parallelism().map_or(0, usize::from),
+        "machine CPU busy ({cores} cores): {} while ingest ran, {} while the bare producer ran",
         percent(machine_busy),
         percent(bare["machine_busy"].as_f64()),
+    );
+    // Everything on the machine, per deal: the phase's busy CPU time over
+    // its deals. At 80% of the bare rate, all of it must fit in the cores.
+    let machine_per_deal =
+        |busy: Option<f64>, elapsed: f64| micros(busy.map(|share| share * cores * elapsed));
+    println!(
+        "machine CPU per deal: {} us while ingest ran, {} us while the bare producer ran; \
+         at 80% of the bare rate the {cores} cores allow {:.1} us",
+        machine_per_deal(machine_busy, ingest_elapsed.as_secs_f64()),
+        machine_per_deal(
+            bare["machine_busy"].as_f64(),
+            bare["elapsed_secs"].as_f64().unwrap_or_default()
+        ),
+        cores * 1e6 / (0.8 * bare_rate),
     );
     println!(
         "ratio: {:.1}% of the bare producer (target 80%: {})",
@@ -470,6 +500,7 @@ async fn bare_producer(args: &Args, input: &std::path::Path) -> anyhow::Result<(
     let timed = Arc::new(timed);
     let next = Arc::new(AtomicUsize::new(0));
     let cpu_before = cpu_secs(std::process::id()).unwrap_or_default();
+    let broker_before = args.bare_broker_pid.and_then(cpu_secs);
     let machine_before = machine_ticks();
     let started = Instant::now();
     let tasks: Vec<_> = (0..args.clients)
@@ -494,10 +525,16 @@ async fn bare_producer(args: &Args, input: &std::path::Path) -> anyhow::Result<(
     let elapsed = started.elapsed();
     let machine_busy = busy_share(machine_before, machine_ticks());
     let cpu = cpu_secs(std::process::id()).unwrap_or_default() - cpu_before;
+    let broker_cpu = args
+        .bare_broker_pid
+        .and_then(cpu_secs)
+        .zip(broker_before)
+        .map(|(after, before)| after - before);
     let report = json!({
         "deals_per_sec": args.deals as f64 / elapsed.as_secs_f64(),
         "elapsed_secs": elapsed.as_secs_f64(),
         "cpu_secs": cpu,
+        "broker_cpu_secs": broker_cpu,
         "machine_busy": machine_busy,
         "vm_hwm_kib": dealmesh_testkit::peak_rss_kib(Some(std::process::id())),
     });
@@ -532,6 +569,21 @@ async fn backends(pool: &sqlx::PgPool) -> anyhow::Result<Vec<u32>> {
 
 fn cpu_of(pids: &[u32]) -> f64 {
     pids.iter().filter_map(|&pid| cpu_secs(pid)).sum()
+}
+
+/// The broker process listening at `bootstrap`, if it runs on this
+/// machine as a tansu (the testkit's or one started by hand), found by its
+/// command line: its CPU time counts in each phase.
+fn broker_pid(bootstrap: &str) -> Option<u32> {
+    let listener = format!("tcp://{bootstrap}");
+    std::fs::read_dir("/proc").ok()?.find_map(|entry| {
+        let pid: u32 = entry.ok()?.file_name().to_str()?.parse().ok()?;
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+        let mut args = cmdline.split(|&b| b == 0);
+        let program = args.next()?;
+        let is_tansu = program.ends_with(b"tansu");
+        (is_tansu && args.any(|arg| arg == listener.as_bytes())).then_some(pid)
+    })
 }
 
 /// CPU time a process's threads have used so far, from
