@@ -901,6 +901,21 @@ mod tests {
         }
     }
 
+    /// Submits `deals` over gRPC, expecting a receipt for each.
+    async fn receipts(
+        ingestor: &Ingestor,
+        deals: &[Submission],
+        correlation_id: &str,
+    ) -> Vec<Receipt> {
+        ingestor
+            .submit(deals, Channel::Grpc, correlation_id)
+            .await
+            .expect("answered")
+            .into_iter()
+            .map(|r| r.expect("a receipt"))
+            .collect()
+    }
+
     /// The values on the deal log, ordered by idempotency key.
     async fn log_values(setup: &Setup) -> Vec<Vec<u8>> {
         let mut values: Vec<Vec<u8>> =
@@ -923,28 +938,18 @@ mod tests {
     #[tokio::test]
     async fn a_call_with_keys_on_record_records_only_its_new_keys() {
         let setup = setup().await;
-        let first = setup
-            .ingestor
-            .submit(
-                &[submission("mixed-2"), submission("mixed-4")],
-                Channel::Grpc,
-                "first",
-            )
-            .await
-            .expect("answered");
+        let first = receipts(
+            &setup.ingestor,
+            &[submission("mixed-2"), submission("mixed-4")],
+            "first",
+        )
+        .await;
         let keys = ["mixed-1", "mixed-2", "mixed-3", "mixed-4", "mixed-5"];
         let deals: Vec<Submission> = keys.iter().map(|k| submission(k)).collect();
-        let answers: Vec<Receipt> = setup
-            .ingestor
-            .submit(&deals, Channel::Grpc, "second")
-            .await
-            .expect("answered")
-            .into_iter()
-            .map(|r| r.expect("a receipt"))
-            .collect();
+        let answers = receipts(&setup.ingestor, &deals, "second").await;
         let duplicates: Vec<bool> = answers.iter().map(|r| r.duplicate).collect();
         assert_eq!(duplicates, [false, true, false, true, false]);
-        let recorded = first[0].clone().expect("a receipt");
+        let recorded = &first[0];
         assert_eq!(
             (answers[1].event_id, answers[1].partition, answers[1].offset),
             (recorded.event_id, recorded.partition, recorded.offset)
@@ -994,14 +999,7 @@ mod tests {
         drop(batch);
         tokio::time::sleep(std::time::Duration::from_millis(5)).await;
 
-        let receipts: Vec<Receipt> = setup
-            .ingestor
-            .submit(&deals, Channel::Grpc, "retry")
-            .await
-            .expect("retry")
-            .into_iter()
-            .map(|r| r.expect("a receipt"))
-            .collect();
+        let receipts = receipts(&setup.ingestor, &deals, "retry").await;
         for (receipt, entry) in receipts.iter().zip(&first.entries) {
             assert_eq!(receipt.event_id, entry.event_id);
             assert!(!receipt.duplicate, "the retry is the first send");
