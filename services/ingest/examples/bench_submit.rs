@@ -133,17 +133,14 @@ async fn main() -> anyhow::Result<()> {
     let ingest_cpu = || ingest_pid.and_then(cpu_secs).unwrap_or_default();
     let own_cpu = || cpu_secs(std::process::id()).unwrap_or_default();
     let broker_pid = broker_pid(&bootstrap);
-    let broker_cpu = || broker_pid.and_then(cpu_secs);
     let backends_before = backends(&db.pool).await?;
     let (ingest_cpu0, pg_cpu0, client_cpu0) = (ingest_cpu(), cpu_of(&backends_before), own_cpu());
-    let broker_cpu0 = broker_cpu();
+    let broker_cpu0 = broker_pid.and_then(cpu_secs);
     let machine0 = machine_ticks();
     let ingest_result = submit_timed(&args, clients).await;
     let machine_busy = busy_share(machine0, machine_ticks());
     let client_cpu = own_cpu() - client_cpu0;
-    let ingest_broker_cpu = broker_cpu()
-        .zip(broker_cpu0)
-        .map(|(after, before)| after - before);
+    let ingest_broker_cpu = cpu_since(broker_pid, broker_cpu0);
     let mut backends_after = backends(&db.pool).await?;
     backends_after.extend(backends_before);
     backends_after.sort_unstable();
@@ -525,11 +522,7 @@ async fn bare_producer(args: &Args, input: &std::path::Path) -> anyhow::Result<(
     let elapsed = started.elapsed();
     let machine_busy = busy_share(machine_before, machine_ticks());
     let cpu = cpu_secs(std::process::id()).unwrap_or_default() - cpu_before;
-    let broker_cpu = args
-        .bare_broker_pid
-        .and_then(cpu_secs)
-        .zip(broker_before)
-        .map(|(after, before)| after - before);
+    let broker_cpu = cpu_since(args.bare_broker_pid, broker_before);
     let report = json!({
         "deals_per_sec": args.deals as f64 / elapsed.as_secs_f64(),
         "elapsed_secs": elapsed.as_secs_f64(),
@@ -584,6 +577,11 @@ fn broker_pid(bootstrap: &str) -> Option<u32> {
         let is_tansu = program.ends_with(b"tansu");
         (is_tansu && args.any(|arg| arg == listener.as_bytes())).then_some(pid)
     })
+}
+
+/// CPU time `pid` has used since it had used `before`.
+fn cpu_since(pid: Option<u32>, before: Option<f64>) -> Option<f64> {
+    Some(cpu_secs(pid?)? - before?)
 }
 
 /// CPU time a process's threads have used so far, from
