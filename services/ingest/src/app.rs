@@ -90,6 +90,7 @@ pub struct App {
     ingestor: Ingestor,
     pool: sqlx::PgPool,
     poller_metrics: crate::pollers::metrics::PollerMetrics,
+    purger: Option<crate::retention::Purger>,
     registry: Arc<Registry>,
     grpc_metrics: GrpcMetrics,
     readiness: Readiness,
@@ -101,6 +102,10 @@ impl App {
         let grpc_metrics = GrpcMetrics::register(&mut registry);
         let poller_metrics = crate::pollers::metrics::PollerMetrics::register(&mut registry);
         let (ingestor, pool) = ingestor_and_pool(&config, Some(&mut registry)).await?;
+        let purger = config.key_retention.map(|keep| {
+            crate::retention::Purger::new(pool.clone(), keep, config.key_purge_interval)
+                .with_metrics(&mut registry)
+        });
         let grpc_listener = admin::bind(config.grpc_addr, "grpc").await?;
         let http_listener = admin::bind(config.http_addr, "http").await?;
         let admin_listener = admin::bind(config.admin_addr, "admin").await?;
@@ -118,6 +123,7 @@ impl App {
             ingestor,
             pool,
             poller_metrics,
+            purger,
             registry: Arc::new(registry),
             grpc_metrics,
             readiness,
@@ -130,7 +136,7 @@ impl App {
 
     /// Serves until `shutdown` is cancelled, then stops taking requests,
     /// finishes those in flight and flushes the producer.
-    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+    pub async fn run(mut self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let (health_reporter, health_service) =
             dealmesh_runtime::grpc::health(&[GRPC_SERVICE]).await;
         let (reflection_v1, reflection_v1alpha) =
@@ -180,6 +186,10 @@ impl App {
             &self.poller_metrics,
             &shutdown,
         )?;
+        let purger = self
+            .purger
+            .take()
+            .map(|purger| purger.spawn(shutdown.clone()));
         tracing::info!("ingest serving");
 
         let drain = {
@@ -205,6 +215,11 @@ impl App {
             if let Err(error) = poller.await {
                 tracing::error!(error = %error, "poller task failed");
             }
+        }
+        if let Some(purger) = purger
+            && let Err(error) = purger.await
+        {
+            tracing::error!(error = %error, "key purge task failed");
         }
         let ingestor = self.ingestor.clone();
         tokio::task::spawn_blocking(move || ingestor.flush(Duration::from_secs(10))).await??;

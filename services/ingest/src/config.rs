@@ -27,6 +27,12 @@ pub const MAX_BODY_BYTES: &str = "DEALMESH_INGEST_MAX_BODY_BYTES";
 /// source `<source>` (lower-cased, `_` read as `-`). A source without a
 /// secret is unknown and its webhooks are refused.
 pub const WEBHOOK_SECRET_PREFIX: &str = "DEALMESH_WEBHOOK_SECRET_";
+/// How long an idempotency key is remembered: a retry within it is answered
+/// from the record, a submission under an older key is new again. `0` keeps
+/// keys forever. Default `30d`; at least `1h` otherwise.
+pub const KEY_RETENTION: &str = "DEALMESH_INGEST_KEY_RETENTION";
+/// Time between two purges of keys past their retention. Default `1h`.
+pub const KEY_PURGE_INTERVAL: &str = "DEALMESH_INGEST_KEY_PURGE_INTERVAL";
 /// Create the topics on start if missing. Default true.
 pub const PROVISION_TOPICS: &str = "DEALMESH_PROVISION_TOPICS";
 /// Time to drain on SIGTERM. Default `25s`.
@@ -90,6 +96,9 @@ pub struct IngestConfig {
     pub max_batch: usize,
     pub max_body_bytes: usize,
     pub webhook_secrets: BTreeMap<String, SecretString>,
+    /// `None`: keys are kept forever.
+    pub key_retention: Option<Duration>,
+    pub key_purge_interval: Duration,
     pub provision_topics: bool,
     pub shutdown_grace: Duration,
     pub kafka: KafkaSettings,
@@ -124,6 +133,17 @@ impl IngestConfig {
             }
             webhook_secrets.insert(name, SecretString::from(value));
         }
+        let key_retention = r.duration(KEY_RETENTION, Duration::from_secs(30 * 86_400))?;
+        if !key_retention.is_zero() && key_retention < Duration::from_secs(3600) {
+            return Err(ConfigError::new(
+                KEY_RETENTION,
+                "must be 0 (keep keys forever) or at least 1h, longer than any retry",
+            ));
+        }
+        let key_purge_interval = r.duration(KEY_PURGE_INTERVAL, Duration::from_secs(3600))?;
+        if key_purge_interval.is_zero() {
+            return Err(ConfigError::new(KEY_PURGE_INTERVAL, "must be more than 0"));
+        }
         Ok(Self {
             grpc_addr: r.parse(GRPC_ADDR, SocketAddr::from(([0, 0, 0, 0], 50051)))?,
             http_addr: r.parse(HTTP_ADDR, SocketAddr::from(([0, 0, 0, 0], 8080)))?,
@@ -133,6 +153,8 @@ impl IngestConfig {
             max_batch,
             max_body_bytes: r.parse(MAX_BODY_BYTES, 256 * 1024)?,
             webhook_secrets,
+            key_retention: (!key_retention.is_zero()).then_some(key_retention),
+            key_purge_interval,
             provision_topics: r.bool(PROVISION_TOPICS, true)?,
             shutdown_grace: r
                 .duration(SHUTDOWN_GRACE, dealmesh_runtime::shutdown::DEFAULT_GRACE)?,
@@ -161,6 +183,8 @@ impl fmt::Debug for IngestConfig {
                 "webhook_sources",
                 &self.webhook_secrets.keys().collect::<Vec<_>>(),
             )
+            .field("key_retention", &self.key_retention)
+            .field("key_purge_interval", &self.key_purge_interval)
             .field("provision_topics", &self.provision_topics)
             .field("shutdown_grace", &self.shutdown_grace)
             .field("kafka", &self.kafka)
@@ -199,6 +223,28 @@ mod tests {
     fn missing_database_url_names_the_key() {
         let err = IngestConfig::from_source(&MapSource::default()).unwrap_err();
         assert_eq!(err.key, DATABASE_URL);
+    }
+
+    #[test]
+    fn key_retention_is_off_at_zero_and_at_least_an_hour_otherwise() {
+        let with = |value: &'static str| {
+            let mut pairs = base();
+            pairs.push((KEY_RETENTION, value));
+            IngestConfig::from_source(&MapSource::new(pairs))
+        };
+        let default = IngestConfig::from_source(&MapSource::new(base())).unwrap();
+        assert_eq!(
+            default.key_retention,
+            Some(Duration::from_secs(30 * 86_400))
+        );
+        assert_eq!(with("0").unwrap().key_retention, None);
+        assert_eq!(
+            with("7d").unwrap().key_retention,
+            Some(Duration::from_secs(7 * 86_400))
+        );
+        for refused in ["59m", "10s", "a week"] {
+            assert_eq!(with(refused).unwrap_err().key, KEY_RETENTION, "{refused}");
+        }
     }
 
     #[test]

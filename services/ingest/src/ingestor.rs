@@ -178,10 +178,22 @@ impl Ingestor {
         channel: Channel,
         correlation_id: &str,
     ) -> Result<Vec<Result<Receipt, Refusal>>> {
+        self.submit_at(submissions, channel, correlation_id, Utc::now())
+            .await
+    }
+
+    /// [`Self::submit`] with the time the call's new keys are recorded at.
+    async fn submit_at(
+        &self,
+        submissions: &[Submission],
+        channel: Channel,
+        correlation_id: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Result<Receipt, Refusal>>> {
         if submissions.is_empty() {
             return Ok(Vec::new());
         }
-        let call = Call::new(submissions, channel, correlation_id, Utc::now())?;
+        let call = Call::new(submissions, channel, correlation_id, now)?;
         let mut answers = Answers::new(&call);
         let batch = self.record(&call).await?;
         self.send_batch(&call, batch, &mut answers).await?;
@@ -224,7 +236,7 @@ impl Ingestor {
 
     /// Step 1: records the call's new keys as one batch, holding its lock.
     async fn record(&self, call: &Call<'_>) -> Result<Batch> {
-        let batch_id = Uuid::now_v7();
+        let batch_id = call.batch_id();
         let mut conn = LockedConnection::acquire(&self.pool).await?;
         sqlx::query("SELECT pg_advisory_lock($1)")
             .bind(lock_key(batch_id))
@@ -674,6 +686,17 @@ impl<'a> Call<'a> {
         })
     }
 
+    /// A fresh batch id, a UUIDv7 of the time the batch is recorded at, so
+    /// batch ids sort by it (what the retention purge relies on).
+    fn batch_id(&self) -> Uuid {
+        let seconds = u64::try_from(self.now.timestamp()).unwrap_or(0);
+        Uuid::new_v7(uuid::Timestamp::from_unix(
+            uuid::NoContext,
+            seconds,
+            self.now.timestamp_subsec_nanos(),
+        ))
+    }
+
     fn key(&self, index: usize) -> (&str, &str) {
         let submission = &self.submissions[index];
         (
@@ -980,6 +1003,84 @@ mod tests {
             })
             .collect();
         assert_eq!(events, keys, "one event per key");
+    }
+
+    /// Keys recorded before the retention cutoff (a batch two hours old,
+    /// and a row from before batches) are forgotten with their batch; a key
+    /// recorded since is kept. A forgotten key is new again: its next
+    /// submission is a new event. The purge deletes one row per statement
+    /// here, so its chunk loop runs to the end.
+    #[tokio::test]
+    async fn keys_past_retention_are_forgotten_and_new_again() {
+        let setup = setup().await;
+        let now = Utc::now();
+        let old = setup
+            .ingestor
+            .submit_at(
+                &[submission("old-1"), submission("old-2")],
+                Channel::Grpc,
+                "two hours ago",
+                now - chrono::Duration::hours(2),
+            )
+            .await
+            .expect("answered");
+        let old_event = old[0].clone().expect("a receipt").event_id;
+        let recent = receipts(&setup.ingestor, &[submission("recent")], "now").await;
+        record_as_before_batches(&setup, "before-batches").await;
+        sqlx::query(
+            "UPDATE ingest_submissions SET created_at = now() - interval '3 hours'
+             WHERE idempotency_key = 'before-batches'",
+        )
+        .execute(&setup.pool)
+        .await
+        .expect("aged");
+
+        let forgotten =
+            crate::retention::forget_before(&setup.pool, now - chrono::Duration::hours(1), 1)
+                .await
+                .expect("purged");
+        assert_eq!(
+            forgotten,
+            crate::retention::Forgotten {
+                keys: 3,
+                batches: 1
+            }
+        );
+        let keys: Vec<String> =
+            sqlx::query_scalar("SELECT idempotency_key FROM ingest_submissions")
+                .fetch_all(&setup.pool)
+                .await
+                .expect("keys");
+        assert_eq!(keys, ["recent"]);
+        let batches: i64 = sqlx::query_scalar("SELECT count(*) FROM ingest_batches")
+            .fetch_one(&setup.pool)
+            .await
+            .expect("batches");
+        assert_eq!(batches, 1, "the recent key's batch is kept");
+
+        let again = receipts(
+            &setup.ingestor,
+            &[submission("old-1"), submission("recent")],
+            "later",
+        )
+        .await;
+        assert!(!again[0].duplicate, "a forgotten key is new again");
+        assert_ne!(again[0].event_id, old_event);
+        assert!(
+            again[1].duplicate,
+            "a kept key is still answered from the record"
+        );
+        assert_eq!(again[1].event_id, recent[0].event_id);
+        let events: Vec<String> = log_values(&setup)
+            .await
+            .iter()
+            .map(|v| {
+                DealEvent::decode(v.as_slice())
+                    .expect("an envelope")
+                    .idempotency_key
+            })
+            .collect();
+        assert_eq!(events, ["old-1", "old-1", "old-2", "recent"]);
     }
 
     /// A call that died after recording its events and before sending them

@@ -11,4 +11,5 @@ pub mod grpc;
 pub mod http;
 pub mod ingestor;
 pub mod pollers;
+pub mod retention;
 pub mod validate;

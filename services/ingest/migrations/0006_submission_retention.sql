@@ -1,0 +1,12 @@
+-- Idempotency keys are kept for a retention period
+-- (DEALMESH_INGEST_KEY_RETENTION), then forgotten: a key older than that is
+-- new again. Batch ids are UUIDv7, so they sort in the order their batches
+-- were recorded, and rows are appended in about that order. A BRIN index
+-- summarizes each range of pages by its smallest and largest batch id: the
+-- purge finds the rows of batches older than a point in time by reading
+-- only the ranges that hold them, and an insert costs next to nothing (a
+-- B-tree on batch_id would cost every key an index entry).
+--
+-- The index also records which ranges hold rows without a batch (recorded
+-- before batches existed); those are aged by their created_at.
+CREATE INDEX ingest_submissions_batch_id_brin ON ingest_submissions USING brin (batch_id);
