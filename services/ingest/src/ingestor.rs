@@ -955,6 +955,19 @@ mod tests {
         values
     }
 
+    /// The idempotency keys of the events on the deal log, in key order.
+    async fn logged_keys(setup: &Setup) -> Vec<String> {
+        log_values(setup)
+            .await
+            .iter()
+            .map(|v| {
+                DealEvent::decode(v.as_slice())
+                    .expect("an envelope")
+                    .idempotency_key
+            })
+            .collect()
+    }
+
     /// A call whose keys are partly on record: the plain insert fails on
     /// them and writes nothing; the call then records only its new keys, as
     /// one batch, and answers the others from the record.
@@ -993,16 +1006,7 @@ mod tests {
             .await
             .expect("batches");
         assert_eq!(batches, 2, "the failed plain insert left no batch behind");
-        let events: Vec<String> = log_values(&setup)
-            .await
-            .iter()
-            .map(|v| {
-                DealEvent::decode(v.as_slice())
-                    .expect("an envelope")
-                    .idempotency_key
-            })
-            .collect();
-        assert_eq!(events, keys, "one event per key");
+        assert_eq!(logged_keys(&setup).await, keys, "one event per key");
     }
 
     /// Keys recorded before the retention cutoff (a batch two hours old,
@@ -1071,16 +1075,10 @@ mod tests {
             "a kept key is still answered from the record"
         );
         assert_eq!(again[1].event_id, recent[0].event_id);
-        let events: Vec<String> = log_values(&setup)
-            .await
-            .iter()
-            .map(|v| {
-                DealEvent::decode(v.as_slice())
-                    .expect("an envelope")
-                    .idempotency_key
-            })
-            .collect();
-        assert_eq!(events, ["old-1", "old-1", "old-2", "recent"]);
+        assert_eq!(
+            logged_keys(&setup).await,
+            ["old-1", "old-1", "old-2", "recent"]
+        );
     }
 
     /// A call that died after recording its events and before sending them
