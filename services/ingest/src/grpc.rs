@@ -69,6 +69,9 @@ fn internal(error: ingestor::Error) -> Status {
         ingestor::Error::Database(_) => Status::unavailable(
             "the idempotency store is not reachable; retry with the same idempotency key",
         ),
+        ingestor::Error::Forgotten => Status::unavailable(
+            "an idempotency key expired while the call was answered; retry with the same idempotency key",
+        ),
         ingestor::Error::Corrupt(_) | ingestor::Error::MissingBatch { .. } => {
             Status::internal("stored submission is corrupt")
         }

@@ -63,6 +63,10 @@ pub enum Error {
     Corrupt(#[from] prost::DecodeError),
     #[error("submission {event_id} is recorded without its batch")]
     MissingBatch { event_id: Uuid },
+    /// A key on record when the call recorded its keys was forgotten (past
+    /// its retention) before the call read it. A retry finds it new.
+    #[error("an idempotency key was forgotten while the call answered it")]
+    Forgotten,
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -321,6 +325,9 @@ impl Ingestor {
             return Ok(());
         }
         let rows = fetch_rows(&self.pool, call, &recorded, Lock::None).await?;
+        if rows.len() < recorded.len() {
+            return Err(Error::Forgotten);
+        }
         // Pending rows, by the lock their sender holds.
         let mut waiting: BTreeMap<i64, Vec<usize>> = BTreeMap::new();
         for (e, row) in rows {
@@ -351,6 +358,9 @@ impl Ingestor {
             .execute(conn.conn())
             .await?;
         let rows = fetch_rows(conn.conn(), call, entries, Lock::Rows).await?;
+        if rows.len() < entries.len() {
+            return Err(Error::Forgotten);
+        }
         let mut pending = Vec::new();
         for (e, row) in rows {
             if !row.is_pending() {
@@ -1079,6 +1089,39 @@ mod tests {
             logged_keys(&setup).await,
             ["old-1", "old-1", "old-2", "recent"]
         );
+    }
+
+    /// A key on record when a call records its keys, and forgotten before
+    /// the call reads it, is not answered as reused: the call fails, to be
+    /// retried, and the retry records the key as new.
+    #[tokio::test]
+    async fn a_key_forgotten_while_a_call_answers_it_fails_the_call_for_a_retry() {
+        let setup = setup().await;
+        let deals = [submission("expiring")];
+        receipts(&setup.ingestor, &deals, "first").await;
+        let call = Call::new(&deals, Channel::Grpc, "retry", Utc::now()).unwrap();
+        let mut answers = Answers::new(&call);
+        let batch = setup.ingestor.record(&call).await.expect("recorded");
+        assert!(batch.new.is_empty(), "the key is on record");
+        setup
+            .ingestor
+            .send_batch(&call, batch, &mut answers)
+            .await
+            .expect("nothing to send");
+        let forgotten = crate::retention::forget_before(
+            &setup.pool,
+            Utc::now() + chrono::Duration::seconds(1),
+            crate::retention::CHUNK,
+        )
+        .await
+        .expect("purged");
+        assert_eq!(forgotten.keys, 1);
+
+        let answered = setup.ingestor.answer_recorded(&call, &mut answers).await;
+        assert!(matches!(answered, Err(Error::Forgotten)), "{answered:?}");
+        let retry = receipts(&setup.ingestor, &deals, "retry").await;
+        assert!(!retry[0].duplicate, "the forgotten key is new again");
+        assert_eq!(logged_keys(&setup).await, ["expiring", "expiring"]);
     }
 
     /// A call that died after recording its events and before sending them

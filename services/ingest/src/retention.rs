@@ -7,7 +7,9 @@
 //! own short statement, so it never holds many locks for long. Key rows go
 //! before their batch rows, and both by the same cutoff on the batch id (a
 //! UUIDv7, ordered by the time it was made), so a key on record always has
-//! its batch: a retry never finds a key without the batch it needs.
+//! its batch: a retry never finds a key without the batch it needs. A key
+//! forgotten between a call's insert (which found it on record) and its read
+//! fails the call as unavailable; the client's retry records it as new.
 
 use std::time::Duration;
 
