@@ -62,19 +62,13 @@ pub fn to_proto_receipt(receipt: &Receipt) -> v1::Receipt {
 
 fn internal(error: ingestor::Error) -> Status {
     tracing::error!(%error, "submission failed");
-    match error {
-        ingestor::Error::Broker(_) => Status::unavailable(
-            "the deal log is not reachable; retry with the same idempotency key",
-        ),
-        ingestor::Error::Database(_) => Status::unavailable(
-            "the idempotency store is not reachable; retry with the same idempotency key",
-        ),
-        ingestor::Error::Forgotten => Status::unavailable(
-            "an idempotency key expired while the call was answered; retry with the same idempotency key",
-        ),
-        ingestor::Error::Corrupt(_) | ingestor::Error::MissingBatch { .. } => {
-            Status::internal("stored submission is corrupt")
-        }
+    if error.is_retryable() {
+        Status::unavailable(format!(
+            "{}; retry with the same idempotency key",
+            error.reason()
+        ))
+    } else {
+        Status::internal(error.reason())
     }
 }
 

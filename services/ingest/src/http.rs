@@ -68,6 +68,25 @@ impl ApiError {
     }
 }
 
+/// A submission that failed on the broker or the store: 503 when the same
+/// delivery may succeed later, 500 when the record is corrupt.
+fn submission_failed(error: crate::ingestor::Error) -> ApiError {
+    tracing::error!(%error, "webhook submission failed");
+    if error.is_retryable() {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            format!("{}; retry the delivery", error.reason()),
+        )
+    } else {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            error.reason(),
+        )
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let violations: Vec<_> = self
@@ -178,14 +197,7 @@ async fn receive(
             &correlation_id,
         )
         .await
-        .map_err(|error| {
-            tracing::error!(%error, "webhook submission failed");
-            ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "unavailable",
-                "the deal log is not reachable; retry the delivery",
-            )
-        })?
+        .map_err(submission_failed)?
         .pop();
     match outcome {
         Some(Ok(receipt)) => {
@@ -287,7 +299,8 @@ pub fn openapi() -> serde_json::Value {
                         "404": error_response("No such source is configured"),
                         "413": error_response("The body is too large"),
                         "422": error_response("The deal is invalid; field_violations name each bad field"),
-                        "503": error_response("The deal log is not reachable; retry")
+                        "500": error_response("The stored record of this delivery's key is corrupt"),
+                        "503": error_response("The deal log or the idempotency store is not reachable, or the key expired while the delivery was answered; retry")
                     }
                 }
             },
@@ -325,4 +338,38 @@ pub fn openapi() -> serde_json::Value {
                 }}}}
         }}
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ingestor::Error;
+
+    /// Each failure names its cause; only a corrupt record is not retried.
+    #[test]
+    fn a_failed_submission_says_why_and_whether_to_retry() {
+        let cases = [
+            (
+                Error::Database(sqlx::Error::PoolTimedOut),
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the idempotency store is not reachable; retry the delivery",
+            ),
+            (
+                Error::Forgotten,
+                StatusCode::SERVICE_UNAVAILABLE,
+                "an idempotency key expired while the call was answered; retry the delivery",
+            ),
+            (
+                Error::MissingBatch {
+                    event_id: uuid::Uuid::nil(),
+                },
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "stored submission is corrupt",
+            ),
+        ];
+        for (error, status, message) in cases {
+            let answer = submission_failed(error);
+            assert_eq!((answer.status, answer.message.as_str()), (status, message));
+        }
+    }
 }

@@ -69,6 +69,25 @@ pub enum Error {
     Forgotten,
 }
 
+impl Error {
+    /// Whether the same call may succeed when retried with the same
+    /// idempotency keys: the broker or the store was out of reach, or a key
+    /// expired meanwhile. A corrupt record stays corrupt.
+    pub fn is_retryable(&self) -> bool {
+        !matches!(self, Self::Corrupt(_) | Self::MissingBatch { .. })
+    }
+
+    /// Why the call failed, as its client is told (no internals).
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::Broker(_) => "the deal log is not reachable",
+            Self::Database(_) => "the idempotency store is not reachable",
+            Self::Forgotten => "an idempotency key expired while the call was answered",
+            Self::Corrupt(_) | Self::MissingBatch { .. } => "stored submission is corrupt",
+        }
+    }
+}
+
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// Proof that a submission is on the log.

@@ -176,7 +176,9 @@ async fn the_openapi_document_describes_the_webhook() {
         .unwrap();
     assert_eq!(doc["openapi"], "3.1.0");
     let post = &doc["paths"]["/v1/webhooks/{source}"]["post"];
-    for status in ["202", "200", "400", "401", "404", "413", "422"] {
+    for status in [
+        "202", "200", "400", "401", "404", "413", "422", "500", "503",
+    ] {
         assert!(
             post["responses"][status].is_object(),
             "response {status} undocumented"
