@@ -31,27 +31,7 @@ struct ProduceLabels {
 #[derive(Clone)]
 struct ProducerMetrics {
     records: Family<ProduceLabels, Counter>,
-    /// The deal log's two series, looked up once instead of per record.
-    deals_acked: Counter,
-    deals_failed: Counter,
     latency: Histogram,
-}
-
-impl ProducerMetrics {
-    fn record(&self, topics: &Topics, topic: &str, acked: bool, started: Instant) {
-        match (topic == topics.deals, acked) {
-            (true, true) => self.deals_acked.inc(),
-            (true, false) => self.deals_failed.inc(),
-            (false, acked) => self
-                .records
-                .get_or_create(&ProduceLabels {
-                    topic: topic.to_owned(),
-                    outcome: if acked { "acked" } else { "failed" },
-                })
-                .inc(),
-        };
-        self.latency.observe(started.elapsed().as_secs_f64());
-    }
 }
 
 /// Publishes deal events. Cheap to clone.
@@ -100,21 +80,7 @@ impl EventProducer {
             "Time from send to broker acknowledgement",
             latency.clone(),
         );
-        let deals = |outcome| {
-            records
-                .get_or_create(&ProduceLabels {
-                    topic: self.topics.deals.clone(),
-                    outcome,
-                })
-                .clone()
-        };
-        let (deals_acked, deals_failed) = (deals("acked"), deals("failed"));
-        self.metrics = Some(ProducerMetrics {
-            records,
-            deals_acked,
-            deals_failed,
-            latency,
-        });
+        self.metrics = Some(ProducerMetrics { records, latency });
         self
     }
 
@@ -177,8 +143,15 @@ impl EventProducer {
         }
         let started = Instant::now();
         let result = self.inner.send(record, Duration::from_secs(5)).await;
-        if let Some(metrics) = &self.metrics {
-            metrics.record(&self.topics, topic, result.is_ok(), started);
+        if let Some(m) = &self.metrics {
+            let outcome = if result.is_ok() { "acked" } else { "failed" };
+            m.records
+                .get_or_create(&ProduceLabels {
+                    topic: topic.to_owned(),
+                    outcome,
+                })
+                .inc();
+            m.latency.observe(started.elapsed().as_secs_f64());
         }
         match result {
             Ok(delivery) => Ok(Delivery {
