@@ -37,6 +37,23 @@ pub async fn signal() {
     }
 }
 
+/// Runs `pass` now and then `interval` after each pass ends, until
+/// `shutdown` is cancelled. A pass runs to its end; one that must stop
+/// sooner watches `shutdown` itself.
+pub async fn every<F, Fut>(interval: Duration, shutdown: &CancellationToken, mut pass: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    loop {
+        pass().await;
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(interval) => {}
+        }
+    }
+}
+
 /// Cancels `token` when a signal arrives.
 pub fn cancel_on_signal(token: CancellationToken) {
     tokio::spawn(async move {

@@ -91,13 +91,10 @@ pub async fn run(
     interval: Duration,
     shutdown: CancellationToken,
 ) {
-    loop {
+    dealmesh_runtime::shutdown::every(interval, &shutdown, || async {
         if let Err(error) = close_due(&pool, &producer).await {
             tracing::warn!(error = format!("{error:#}"), "vote closer pass failed");
         }
-        tokio::select! {
-            () = shutdown.cancelled() => return,
-            () = tokio::time::sleep(interval) => {}
-        }
-    }
+    })
+    .await;
 }

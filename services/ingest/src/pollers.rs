@@ -440,14 +440,11 @@ pub async fn schedule<F, Fut>(
     F: FnMut(CancellationToken) -> Fut,
     Fut: std::future::Future<Output = Vec<SearchReport>>,
 {
-    loop {
-        let reports = poll(shutdown.clone()).await;
-        log_reports(name, &reports);
-        tokio::select! {
-            () = shutdown.cancelled() => break,
-            () = tokio::time::sleep(interval) => {}
-        }
-    }
+    dealmesh_runtime::shutdown::every(interval, &shutdown, || {
+        let run = poll(shutdown.clone());
+        async move { log_reports(name, &run.await) }
+    })
+    .await;
     tracing::info!(poller = name, "poller stopped");
 }
 

@@ -100,7 +100,8 @@ async fn delete_in_chunks<'q>(
 /// forgetting the keys older than `keep`, until `shutdown`.
 pub struct Purger {
     pool: PgPool,
-    keep: Duration,
+    /// Unbounded when too long to subtract from a date: nothing is purged.
+    keep: chrono::Duration,
     interval: Duration,
     keys: Counter,
 }
@@ -109,7 +110,7 @@ impl Purger {
     pub fn new(pool: PgPool, keep: Duration, interval: Duration) -> Self {
         Self {
             pool,
-            keep,
+            keep: chrono::Duration::from_std(keep).unwrap_or(chrono::Duration::MAX),
             interval,
             keys: Counter::default(),
         }
@@ -127,27 +128,23 @@ impl Purger {
 
     pub fn spawn(self, shutdown: CancellationToken) -> tokio::task::JoinHandle<()> {
         tokio::spawn(async move {
-            loop {
-                // A long first purge (after an upgrade, or with a shorter
-                // retention) stops with the service; what it deleted stays
-                // deleted, chunk by chunk.
+            // A long first purge (after an upgrade, or with a shorter
+            // retention) stops with the service; what it deleted stays
+            // deleted, chunk by chunk.
+            dealmesh_runtime::shutdown::every(self.interval, &shutdown, || async {
                 tokio::select! {
-                    () = shutdown.cancelled() => return,
+                    () = shutdown.cancelled() => {}
                     () = self.purge_once() => {}
                 }
-                tokio::select! {
-                    () = shutdown.cancelled() => return,
-                    () = tokio::time::sleep(self.interval) => {}
-                }
-            }
+            })
+            .await;
         })
     }
 
     async fn purge_once(&self) {
-        let Ok(keep) = chrono::Duration::from_std(self.keep) else {
+        let Some(cutoff) = Utc::now().checked_sub_signed(self.keep) else {
             return;
         };
-        let cutoff = Utc::now() - keep;
         match forget_before(&self.pool, cutoff, CHUNK).await {
             Ok(forgotten) => {
                 self.keys.inc_by(forgotten.keys);
