@@ -84,6 +84,16 @@ impl TestIngest {
         dealmesh_testkit::read_deal_events(&self.bootstrap, &self.topics.deals).await
     }
 
+    /// The Prometheus text the admin port serves at `/metrics`.
+    pub async fn metrics(&self) -> String {
+        reqwest::get(format!("http://{}/metrics", self.admin_addr))
+            .await
+            .expect("metrics answer")
+            .text()
+            .await
+            .expect("metrics text")
+    }
+
     pub fn webhook_url(&self, source: &str) -> String {
         format!("http://{}/v1/webhooks/{source}", self.http_addr)
     }

@@ -292,14 +292,7 @@ async fn health_reflection_and_metrics_are_served() {
         .await
         .unwrap();
     assert_eq!(live.status(), 200);
-    let metrics = http
-        .get(format!("http://{}/metrics", ingest.admin_addr))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = ingest.metrics().await;
     assert!(
         metrics.contains("/dealmesh.v1.IngestService/SubmitDeal"),
         "{metrics}"

@@ -90,12 +90,7 @@ async fn serve_forgets_keys_past_their_retention() {
         .await
         .unwrap();
     assert_eq!(batches, [batch_of("fresh").await.unwrap()]);
-    let metrics = reqwest::get(format!("http://{}/metrics", ingest.admin_addr))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = ingest.metrics().await;
     assert!(
         metrics.contains("ingest_idempotency_keys_forgotten_total 1"),
         "{metrics}"
