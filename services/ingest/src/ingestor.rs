@@ -269,9 +269,10 @@ impl Ingestor {
         // fraction of the cost of `ON CONFLICT`'s speculative insertion. A
         // key on record fails it as a whole (nothing is written), and the
         // call records its keys again, skipping those on record.
-        let new = match insert_batch(conn.conn(), call, batch_id, Conflicts::Fail).await {
+        let columns = KeyColumns::new(call);
+        let new = match insert_batch(conn.conn(), call, &columns, batch_id, Conflicts::Fail).await {
             Err(Error::Database(sqlx::Error::Database(error))) if error.is_unique_violation() => {
-                insert_batch(conn.conn(), call, batch_id, Conflicts::Skip).await?
+                insert_batch(conn.conn(), call, &columns, batch_id, Conflicts::Skip).await?
             }
             inserted => inserted?,
         };
@@ -454,6 +455,34 @@ impl Ingestor {
     }
 }
 
+/// The key rows of a call, column by column, as [`insert_batch`] binds
+/// them: built once, for the plain insert and its fallback alike.
+struct KeyColumns<'a> {
+    sources: Vec<&'a str>,
+    keys: Vec<&'a str>,
+    fingerprints: Vec<&'a [u8]>,
+    event_ids: Vec<Uuid>,
+    deal_ids: Vec<Uuid>,
+    company_keys: Vec<&'a str>,
+}
+
+impl<'a> KeyColumns<'a> {
+    fn new(call: &'a Call<'_>) -> Self {
+        let entries = &call.entries;
+        Self {
+            sources: entries.iter().map(|e| call.key(e.first).0).collect(),
+            keys: entries.iter().map(|e| call.key(e.first).1).collect(),
+            fingerprints: entries
+                .iter()
+                .map(|e| call.fingerprints[e.first].as_slice())
+                .collect(),
+            event_ids: entries.iter().map(|e| e.event_id).collect(),
+            deal_ids: entries.iter().map(|e| e.deal_id).collect(),
+            company_keys: entries.iter().map(|e| e.company_key.as_str()).collect(),
+        }
+    }
+}
+
 /// What [`insert_batch`] does with a key already on record.
 #[derive(Clone, Copy)]
 enum Conflicts {
@@ -469,6 +498,7 @@ enum Conflicts {
 async fn insert_batch(
     conn: &mut PgConnection,
     call: &Call<'_>,
+    columns: &KeyColumns<'_>,
     batch_id: Uuid,
     conflicts: Conflicts,
 ) -> Result<Vec<usize>> {
@@ -502,34 +532,13 @@ async fn insert_batch(
         Conflicts::Fail => insert!(""),
         Conflicts::Skip => insert!("ON CONFLICT (source, idempotency_key) DO NOTHING"),
     };
-    let entries = &call.entries;
     let inserted: Vec<i32> = sqlx::query_scalar(sql)
-        .bind(
-            entries
-                .iter()
-                .map(|e| call.key(e.first).0)
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            entries
-                .iter()
-                .map(|e| call.key(e.first).1)
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            entries
-                .iter()
-                .map(|e| call.fingerprints[e.first].as_slice())
-                .collect::<Vec<_>>(),
-        )
-        .bind(entries.iter().map(|e| e.event_id).collect::<Vec<_>>())
-        .bind(entries.iter().map(|e| e.deal_id).collect::<Vec<_>>())
-        .bind(
-            entries
-                .iter()
-                .map(|e| e.company_key.as_str())
-                .collect::<Vec<_>>(),
-        )
+        .bind(&columns.sources)
+        .bind(&columns.keys)
+        .bind(&columns.fingerprints)
+        .bind(&columns.event_ids)
+        .bind(&columns.deal_ids)
+        .bind(&columns.company_keys)
         .bind(batch_id)
         .bind(call.now)
         .bind(call.channel as i32)
@@ -539,7 +548,7 @@ async fn insert_batch(
     let mut new: Vec<usize> = inserted
         .into_iter()
         .filter_map(|position| usize::try_from(position - 1).ok())
-        .filter(|&e| e < entries.len())
+        .filter(|&e| e < call.entries.len())
         .collect();
     new.sort_unstable();
     Ok(new)
