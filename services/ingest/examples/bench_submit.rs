@@ -17,8 +17,8 @@
 //! 3. Reads the envelopes ingest wrote back from the log and hands them, in
 //!    submission order, to a child process that sends them to a fresh topic
 //!    with the same partition count through `EventProducer`: the rdkafka
-//!    `FutureProducer` ingest uses, with its settings (idempotent, `acks=all`,
-//!    lz4, `linger.ms=5`) and the same key and headers, but no gRPC and no
+//!    producer ingest uses, with its settings (idempotent, `acks=all`, lz4,
+//!    `linger.ms=5`) and the same key and headers, but no gRPC and no
 //!    PostgreSQL. Same shape: `--clients` tasks, each sending a batch of
 //!    `--batch` and waiting for every acknowledgement before the next.
 //! 4. Prints both rates, the ratio, each process's peak resident memory
