@@ -43,7 +43,7 @@ use dealmesh_runtime::metrics::prometheus_client::metrics::family::Family;
 use dealmesh_runtime::metrics::prometheus_client::registry::Registry;
 use prost::Message;
 use sqlx::pool::PoolConnection;
-use sqlx::{PgConnection, PgPool, Postgres};
+use sqlx::{PgConnection, PgPool, Postgres, Row as _};
 use uuid::Uuid;
 
 use crate::company::KeyKind;
@@ -502,56 +502,77 @@ async fn insert_batch(
     batch_id: Uuid,
     conflicts: Conflicts,
 ) -> Result<Vec<usize>> {
-    macro_rules! insert {
+    macro_rules! insert_keys {
         ($on_conflict:literal) => {
             concat!(
-                "WITH new AS (
-                     INSERT INTO ingest_submissions
-                         (source, idempotency_key, fingerprint, event_id, deal_id, company_key,
-                          batch_id, batch_index)
-                     SELECT u.source, u.idempotency_key, u.fingerprint, u.event_id, u.deal_id,
-                            u.company_key, $7, u.batch_index::int4
-                     FROM UNNEST($1::text[], $2::text[], $3::bytea[], $4::uuid[], $5::uuid[],
-                                 $6::text[])
-                          WITH ORDINALITY
-                          AS u(source, idempotency_key, fingerprint, event_id, deal_id,
-                               company_key, batch_index)
-                     ",
-                $on_conflict,
-                "
-                     RETURNING batch_index
-                 ), batch AS (
+                "INSERT INTO ingest_submissions
+                     (source, idempotency_key, fingerprint, event_id, deal_id, company_key,
+                      batch_id, batch_index)
+                 SELECT u.source, u.idempotency_key, u.fingerprint, u.event_id, u.deal_id,
+                        u.company_key, $7, u.batch_index::int4
+                 FROM UNNEST($1::text[], $2::text[], $3::bytea[], $4::uuid[], $5::uuid[],
+                             $6::text[])
+                      WITH ORDINALITY
+                      AS u(source, idempotency_key, fingerprint, event_id, deal_id,
+                           company_key, batch_index)
+                 ",
+                $on_conflict
+            )
+        };
+    }
+    let query = |sql| {
+        sqlx::query(sql)
+            .bind(&columns.sources)
+            .bind(&columns.keys)
+            .bind(&columns.fingerprints)
+            .bind(&columns.event_ids)
+            .bind(&columns.deal_ids)
+            .bind(&columns.company_keys)
+            .bind(batch_id)
+            .bind(call.now)
+            .bind(call.channel as i32)
+            .bind(call.correlation_id)
+    };
+    match conflicts {
+        Conflicts::Fail => {
+            // Every key is new once it succeeds: nothing to read back.
+            query(concat!(
+                "WITH new AS (",
+                insert_keys!(""),
+                ") ",
+                "INSERT INTO ingest_batches (batch_id, recorded_at, channel, correlation_id)
+                 VALUES ($7, $8, $9, $10)"
+            ))
+            .execute(conn)
+            .await?;
+            Ok((0..call.entries.len()).collect())
+        }
+        Conflicts::Skip => {
+            let inserted = query(concat!(
+                "WITH new AS (",
+                insert_keys!(
+                    "ON CONFLICT (source, idempotency_key) DO NOTHING RETURNING batch_index"
+                ),
+                "), batch AS (
                      INSERT INTO ingest_batches (batch_id, recorded_at, channel, correlation_id)
                      SELECT $7, $8, $9, $10 WHERE EXISTS (SELECT FROM new)
                  )
                  SELECT batch_index FROM new"
-            )
-        };
+            ))
+            .fetch_all(conn)
+            .await?;
+            let mut new: Vec<usize> = inserted
+                .iter()
+                .map(|row| row.try_get::<i32, _>(0))
+                .collect::<Result<Vec<_>, _>>()?
+                .into_iter()
+                .filter_map(|position| usize::try_from(position - 1).ok())
+                .filter(|&e| e < call.entries.len())
+                .collect();
+            new.sort_unstable();
+            Ok(new)
+        }
     }
-    let sql = match conflicts {
-        Conflicts::Fail => insert!(""),
-        Conflicts::Skip => insert!("ON CONFLICT (source, idempotency_key) DO NOTHING"),
-    };
-    let inserted: Vec<i32> = sqlx::query_scalar(sql)
-        .bind(&columns.sources)
-        .bind(&columns.keys)
-        .bind(&columns.fingerprints)
-        .bind(&columns.event_ids)
-        .bind(&columns.deal_ids)
-        .bind(&columns.company_keys)
-        .bind(batch_id)
-        .bind(call.now)
-        .bind(call.channel as i32)
-        .bind(call.correlation_id)
-        .fetch_all(conn)
-        .await?;
-    let mut new: Vec<usize> = inserted
-        .into_iter()
-        .filter_map(|position| usize::try_from(position - 1).ok())
-        .filter(|&e| e < call.entries.len())
-        .collect();
-    new.sort_unstable();
-    Ok(new)
 }
 
 /// Whether [`fetch_rows`] waits for row locks.
