@@ -267,10 +267,10 @@ async fn run_round(args: &Args, bootstrap: &str) -> anyhow::Result<f64> {
     );
     let per_deal = |secs: f64| secs * 1e6 / args.deals as f64;
     let micros =
-        |secs: Option<f64>| secs.map_or("n/a".to_owned(), |s| format!("{:.0}", per_deal(s)));
+        |secs: Option<f64>| secs.map_or("n/a".to_owned(), |s| format!("{:.1}", per_deal(s)));
     println!(
-        "CPU per deal: ingest {:.0} us + its PostgreSQL backends {:.0} us + the gRPC clients {:.0} us \
-         + the broker {} us; bare producer {:.0} us + the broker {} us",
+        "CPU per deal: ingest {:.1} us + its PostgreSQL backends {:.1} us + the gRPC clients {:.1} us \
+         + the broker {} us; bare producer {:.1} us + the broker {} us",
         per_deal(ingest_cpu),
         per_deal(pg_cpu),
         per_deal(client_cpu),
@@ -442,28 +442,28 @@ async fn connect_and_warm_up(
 }
 
 /// Submits `args.deals` deals from every client at once; the time it took.
+/// The requests are built before the clock starts and each is sent as
+/// built, as the bare producer sends its envelopes from memory.
 async fn submit_timed(args: &Args, clients: Vec<Client>) -> anyhow::Result<Duration> {
-    let batches: Arc<Vec<Vec<DealSubmission>>> = Arc::new(
-        (0..args.deals)
-            .map(|i| deal("bench", i))
-            .collect::<Vec<_>>()
-            .chunks(args.batch)
-            .map(<[DealSubmission]>::to_vec)
-            .collect(),
-    );
-    let next = Arc::new(AtomicUsize::new(0));
+    let deals: Vec<DealSubmission> = (0..args.deals).map(|i| deal("bench", i)).collect();
+    let batches: Vec<Vec<DealSubmission>> = deals
+        .chunks(args.batch)
+        .map(<[DealSubmission]>::to_vec)
+        .collect();
+    drop(deals);
+    let batches = Arc::new(std::sync::Mutex::new(batches.into_iter()));
     let started = Instant::now();
     let tasks: Vec<_> = clients
         .into_iter()
         .map(|mut client| {
-            let (batches, next) = (batches.clone(), next.clone());
+            let batches = batches.clone();
             tokio::spawn(async move {
                 loop {
-                    let index = next.fetch_add(1, Ordering::Relaxed);
-                    let Some(batch) = batches.get(index) else {
+                    let next = batches.lock().expect("not poisoned").next();
+                    let Some(batch) = next else {
                         return anyhow::Ok(());
                     };
-                    submit_batch(&mut client, batch.clone()).await?;
+                    submit_batch(&mut client, batch).await?;
                 }
             })
         })
