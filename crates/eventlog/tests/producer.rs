@@ -6,12 +6,14 @@
 use std::time::Duration;
 
 use chrono::Utc;
-use dealmesh_eventlog::{EventProducer, KafkaSettings, Topics, envelope, headers, ids};
+use dealmesh_eventlog::{Delivery, EventProducer, KafkaSettings, Topics, envelope, headers, ids};
 use dealmesh_proto::v1::DealSourced;
 use dealmesh_proto::{DealEvent, Payload};
 use dealmesh_runtime::metrics::prometheus_client::encoding::text::encode;
 use dealmesh_runtime::metrics::prometheus_client::registry::Registry;
-use dealmesh_testkit::{create_topic, kafka_bootstrap, read_topic, unique_topic_prefix};
+use dealmesh_testkit::{
+    TopicRecord, create_topic, kafka_bootstrap, read_topic, unique_topic_prefix,
+};
 
 const CE_SOURCE: &str = "/dealmesh/producer-test";
 
@@ -57,6 +59,24 @@ async fn fresh_log(partitions: i32) -> (String, KafkaSettings, Topics) {
     (bootstrap, settings, topics)
 }
 
+/// Checks that each answer names where its event landed: the record at
+/// that partition and offset is the event, keyed by its deal, with its id.
+fn assert_landed(records: &[TopicRecord], events: &[(DealEvent, Vec<u8>)], answers: &[Delivery]) {
+    assert_eq!(answers.len(), events.len(), "an answer per event");
+    for ((event, bytes), delivery) in events.iter().zip(answers) {
+        let record = records
+            .iter()
+            .find(|r| r.partition == delivery.partition && r.offset == delivery.offset)
+            .unwrap_or_else(|| panic!("no record at {delivery:?}"));
+        assert_eq!(record.value.as_deref(), Some(bytes.as_slice()));
+        assert_eq!(record.key.as_deref(), Some(event.deal_id.as_bytes()));
+        assert_eq!(
+            headers::get(&record.headers, headers::CE_ID),
+            Some(event.event_id.as_str())
+        );
+    }
+}
+
 fn metrics_text(registry: &Registry) -> String {
     let mut text = String::new();
     encode(&mut text, registry).expect("metrics encode");
@@ -77,21 +97,9 @@ async fn each_answer_names_where_its_record_landed() {
         .await
         .expect("acknowledged");
 
-    assert_eq!(deliveries.len(), events.len());
     let records = read_topic(&bootstrap, &topics.deals).await;
     assert_eq!(records.len(), events.len(), "each record once on the log");
-    for ((event, bytes), delivery) in events.iter().zip(&deliveries) {
-        let record = records
-            .iter()
-            .find(|r| r.partition == delivery.partition && r.offset == delivery.offset)
-            .unwrap_or_else(|| panic!("no record at {delivery:?}"));
-        assert_eq!(record.value.as_deref(), Some(bytes.as_slice()));
-        assert_eq!(record.key.as_deref(), Some(event.deal_id.as_bytes()));
-        assert_eq!(
-            headers::get(&record.headers, headers::CE_ID),
-            Some(event.event_id.as_str())
-        );
-    }
+    assert_landed(&records, &events, &deliveries);
     let partitions: std::collections::BTreeSet<i32> =
         deliveries.iter().map(|d| d.partition).collect();
     assert_eq!(partitions.len(), 3, "300 deals spread over every partition");
@@ -125,13 +133,7 @@ async fn a_full_queue_makes_a_call_wait_for_room() {
 
     let records = read_topic(&bootstrap, &topics.deals).await;
     assert_eq!(records.len(), 200);
-    for ((_, bytes), delivery) in events.iter().zip(&deliveries) {
-        let record = records
-            .iter()
-            .find(|r| r.partition == delivery.partition && r.offset == delivery.offset)
-            .expect("a record where the answer says");
-        assert_eq!(record.value.as_deref(), Some(bytes.as_slice()));
-    }
+    assert_landed(&records, &events, &deliveries);
 }
 
 #[tokio::test]
