@@ -74,7 +74,8 @@ struct Acks {
 
 struct AckState {
     deliveries: Vec<Delivery>,
-    /// Records not yet acknowledged, plus one while the call still sends.
+    /// Records not yet acknowledged. It reaches zero only once every record
+    /// was queued and answered.
     outstanding: usize,
     failure: Option<KafkaError>,
 }
@@ -98,7 +99,7 @@ impl Acks {
                     };
                     records
                 ],
-                outstanding: 1,
+                outstanding: records,
                 failure: None,
             }),
             done: Notify::new(),
@@ -109,12 +110,6 @@ impl Acks {
     fn lock(&self) -> std::sync::MutexGuard<'_, AckState> {
         // The state stays consistent whatever a panicking holder did.
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// One more record to wait for; counted before it is handed over, so
-    /// its acknowledgement never finds the count at zero.
-    fn expect_one(&self) {
-        self.lock().outstanding += 1;
     }
 
     /// Record `index` landed, or failed.
@@ -134,22 +129,6 @@ impl Acks {
             }
         }
         state.outstanding -= 1;
-        self.wake_if_done(&state);
-    }
-
-    /// The call has handed over all it will; `failure` stopped it before
-    /// the last expected record was handed over.
-    fn all_sent(&self, failure: Option<KafkaError>) {
-        let mut state = self.lock();
-        if let Some(error) = failure {
-            state.failure.get_or_insert(error);
-            state.outstanding -= 1;
-        }
-        state.outstanding -= 1;
-        self.wake_if_done(&state);
-    }
-
-    fn wake_if_done(&self, state: &AckState) {
         if state.outstanding == 0 || state.failure.is_some() {
             // Stores a permit if the caller is not waiting yet.
             self.done.notify_one();
@@ -312,8 +291,11 @@ impl EventProducer {
             started: Instant::now(),
         });
         let acks = Acks::new(records.len(), metrics);
-        let failure = self.enqueue(topic, records, &acks).await;
-        acks.all_sent(failure);
+        if let Some(error) = self.enqueue(topic, records, &acks).await {
+            // The records queued before it still go out; nobody waits for
+            // them.
+            return Err(error.into());
+        }
         acks.wait().await
     }
 
@@ -333,7 +315,6 @@ impl EventProducer {
                 record = record.key(key);
             }
             let queued_at = Instant::now();
-            acks.expect_one();
             loop {
                 match self.inner.send(record) {
                     Ok(()) => break,

@@ -77,6 +77,16 @@ fn assert_landed(records: &[TopicRecord], events: &[(DealEvent, Vec<u8>)], answe
     }
 }
 
+/// Publishes `events` in one call.
+async fn publish(
+    producer: &EventProducer,
+    events: &[(DealEvent, Vec<u8>)],
+) -> dealmesh_eventlog::Result<Vec<Delivery>> {
+    producer
+        .publish_all_encoded(events.iter().map(|(e, b)| (e, b.as_slice())))
+        .await
+}
+
 fn metrics_text(registry: &Registry) -> String {
     let mut text = String::new();
     encode(&mut text, registry).expect("metrics encode");
@@ -92,10 +102,7 @@ async fn each_answer_names_where_its_record_landed() {
         .with_metrics(&mut registry);
     let events = encoded(300, "landed");
 
-    let deliveries = producer
-        .publish_all_encoded(events.iter().map(|(e, b)| (e, b.as_slice())))
-        .await
-        .expect("acknowledged");
+    let deliveries = publish(&producer, &events).await.expect("acknowledged");
 
     let records = read_topic(&bootstrap, &topics.deals).await;
     assert_eq!(records.len(), events.len(), "each record once on the log");
@@ -126,8 +133,7 @@ async fn a_full_queue_makes_a_call_wait_for_room() {
     let producer = EventProducer::new(&settings, topics.clone(), CE_SOURCE).expect("producer");
     let events = encoded(200, "waited");
 
-    let deliveries = producer
-        .publish_all_encoded(events.iter().map(|(e, b)| (e, b.as_slice())))
+    let deliveries = publish(&producer, &events)
         .await
         .expect("every record is sent once there is room");
 
@@ -149,8 +155,7 @@ async fn a_record_too_large_to_queue_fails_the_call() {
     let mut events = encoded(3, "small");
     events.extend(encoded(1, &"x".repeat(2_000)));
 
-    let error = producer
-        .publish_all_encoded(events.iter().map(|(e, b)| (e, b.as_slice())))
+    let error = publish(&producer, &events)
         .await
         .expect_err("the large record cannot be queued");
 
@@ -177,12 +182,9 @@ async fn a_record_the_broker_never_acknowledges_fails_the_call() {
         EventProducer::new(&settings, Topics::new("unreachable."), CE_SOURCE).expect("producer");
     let events = encoded(10, "lost");
 
-    let answer = tokio::time::timeout(
-        Duration::from_secs(30),
-        producer.publish_all_encoded(events.iter().map(|(e, b)| (e, b.as_slice()))),
-    )
-    .await
-    .expect("the call ends once delivery times out");
+    let answer = tokio::time::timeout(Duration::from_secs(30), publish(&producer, &events))
+        .await
+        .expect("the call ends once delivery times out");
 
     let error = answer.expect_err("no broker acknowledged the records");
     assert!(error.to_string().contains("timed out"), "{error}");

@@ -7,10 +7,11 @@
 //!    a fresh batch id and, in one statement, inserts a row per new key
 //!    (event id, fingerprint, position in the batch) and the batch row (the
 //!    time, channel and correlation id the events share), and commits: from
-//!    here on the event id of each new key is fixed. The insert reports
-//!    which keys were new: their events are sent from memory. It is first
-//!    tried as a plain insert, which fails whole if any key is on record,
-//!    and only then with `ON CONFLICT DO NOTHING`, which costs more per key.
+//!    here on the event id of each new key is fixed. It is first tried as
+//!    a plain insert, which fails whole if any key is on record and
+//!    otherwise recorded every key; only then with `ON CONFLICT DO
+//!    NOTHING`, which costs more per key and reports which keys were new.
+//!    The new keys' events are sent from memory.
 //! 2. Once the broker has acknowledged them all, the receipts are written
 //!    on the batch row in one update and the lock is released. A submission
 //!    row is written once and never updated.
@@ -43,7 +44,7 @@ use dealmesh_runtime::metrics::prometheus_client::metrics::family::Family;
 use dealmesh_runtime::metrics::prometheus_client::registry::Registry;
 use prost::Message;
 use sqlx::pool::PoolConnection;
-use sqlx::{PgConnection, PgPool, Postgres, Row as _};
+use sqlx::{PgConnection, PgPool, Postgres};
 use uuid::Uuid;
 
 use crate::company::KeyKind;
@@ -521,7 +522,7 @@ async fn insert_batch(
         };
     }
     let query = |sql| {
-        sqlx::query(sql)
+        sqlx::query_scalar::<_, i32>(sql)
             .bind(&columns.sources)
             .bind(&columns.keys)
             .bind(&columns.fingerprints)
@@ -543,12 +544,12 @@ async fn insert_batch(
                 "INSERT INTO ingest_batches (batch_id, recorded_at, channel, correlation_id)
                  VALUES ($7, $8, $9, $10)"
             ))
-            .execute(conn)
+            .fetch_optional(conn)
             .await?;
             Ok((0..call.entries.len()).collect())
         }
         Conflicts::Skip => {
-            let inserted = query(concat!(
+            let inserted: Vec<i32> = query(concat!(
                 "WITH new AS (",
                 insert_keys!(
                     "ON CONFLICT (source, idempotency_key) DO NOTHING RETURNING batch_index"
@@ -562,9 +563,6 @@ async fn insert_batch(
             .fetch_all(conn)
             .await?;
             let mut new: Vec<usize> = inserted
-                .iter()
-                .map(|row| row.try_get::<i32, _>(0))
-                .collect::<Result<Vec<_>, _>>()?
                 .into_iter()
                 .filter_map(|position| usize::try_from(position - 1).ok())
                 .filter(|&e| e < call.entries.len())
