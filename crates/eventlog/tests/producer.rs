@@ -77,14 +77,16 @@ fn assert_landed(records: &[TopicRecord], events: &[(DealEvent, Vec<u8>)], answe
     }
 }
 
-/// Publishes `events` in one call.
+/// Publishes `events` in one call. A call that never answers (a lost
+/// acknowledgement) fails the test instead of hanging it.
 async fn publish(
     producer: &EventProducer,
     events: &[(DealEvent, Vec<u8>)],
 ) -> dealmesh_eventlog::Result<Vec<Delivery>> {
-    producer
-        .publish_all_encoded(events.iter().map(|(e, b)| (e, b.as_slice())))
+    let call = producer.publish_all_encoded(events.iter().map(|(e, b)| (e, b.as_slice())));
+    tokio::time::timeout(Duration::from_secs(30), call)
         .await
+        .expect("the call answers within 30 s")
 }
 
 fn metrics_text(registry: &Registry) -> String {
@@ -182,10 +184,8 @@ async fn a_record_the_broker_never_acknowledges_fails_the_call() {
         EventProducer::new(&settings, Topics::new("unreachable."), CE_SOURCE).expect("producer");
     let events = encoded(10, "lost");
 
-    let answer = tokio::time::timeout(Duration::from_secs(30), publish(&producer, &events))
+    let error = publish(&producer, &events)
         .await
-        .expect("the call ends once delivery times out");
-
-    let error = answer.expect_err("no broker acknowledged the records");
+        .expect_err("no broker acknowledged the records");
     assert!(error.to_string().contains("timed out"), "{error}");
 }
