@@ -95,13 +95,28 @@ fn metrics_text(registry: &Registry) -> String {
     text
 }
 
+/// A producer whose metrics are registered in the returned registry.
+fn metered_producer(settings: &KafkaSettings, topics: &Topics) -> (EventProducer, Registry) {
+    let mut registry = Registry::default();
+    let producer = EventProducer::new(settings, topics.clone(), CE_SOURCE)
+        .expect("producer")
+        .with_metrics(&mut registry);
+    (producer, registry)
+}
+
+/// Checks that the producer counted `count` records to `topic` with `outcome`.
+fn assert_produced(registry: &Registry, topic: &str, outcome: &str, count: usize) {
+    let line = format!(
+        "dealmesh_produced_records_total{{topic=\"{topic}\",outcome=\"{outcome}\"}} {count}"
+    );
+    let metrics = metrics_text(registry);
+    assert!(metrics.contains(&line), "{line} not in\n{metrics}");
+}
+
 #[tokio::test]
 async fn each_answer_names_where_its_record_landed() {
     let (bootstrap, settings, topics) = fresh_log(3).await;
-    let mut registry = Registry::default();
-    let producer = EventProducer::new(&settings, topics.clone(), CE_SOURCE)
-        .expect("producer")
-        .with_metrics(&mut registry);
+    let (producer, registry) = metered_producer(&settings, &topics);
     let events = encoded(300, "landed");
 
     let deliveries = publish(&producer, &events).await.expect("acknowledged");
@@ -113,12 +128,8 @@ async fn each_answer_names_where_its_record_landed() {
         deliveries.iter().map(|d| d.partition).collect();
     assert_eq!(partitions.len(), 3, "300 deals spread over every partition");
 
+    assert_produced(&registry, &topics.deals, "acked", 300);
     let metrics = metrics_text(&registry);
-    let acked = format!(
-        "dealmesh_produced_records_total{{topic=\"{}\",outcome=\"acked\"}} 300",
-        topics.deals
-    );
-    assert!(metrics.contains(&acked), "{acked} not in\n{metrics}");
     assert!(
         metrics.contains("dealmesh_produce_seconds_count 300"),
         "{metrics}"
@@ -150,10 +161,7 @@ async fn a_record_too_large_to_queue_fails_the_call() {
     settings
         .passthrough
         .insert("message.max.bytes".into(), "1000".into());
-    let mut registry = Registry::default();
-    let producer = EventProducer::new(&settings, topics.clone(), CE_SOURCE)
-        .expect("producer")
-        .with_metrics(&mut registry);
+    let (producer, registry) = metered_producer(&settings, &topics);
     let mut events = encoded(3, "small");
     events.extend(encoded(1, &"x".repeat(2_000)));
 
@@ -165,12 +173,7 @@ async fn a_record_too_large_to_queue_fails_the_call() {
     // The records queued before it still reach the log.
     producer.flush(Duration::from_secs(10)).expect("flushed");
     assert_eq!(read_topic(&bootstrap, &topics.deals).await.len(), 3);
-    let failed = format!(
-        "dealmesh_produced_records_total{{topic=\"{}\",outcome=\"failed\"}} 1",
-        topics.deals
-    );
-    let metrics = metrics_text(&registry);
-    assert!(metrics.contains(&failed), "{failed} not in\n{metrics}");
+    assert_produced(&registry, &topics.deals, "failed", 1);
 }
 
 #[tokio::test]
