@@ -10,31 +10,43 @@ pub use tokio_util::task::TaskTracker;
 /// before SIGKILL; leave headroom.
 pub const DEFAULT_GRACE: Duration = Duration::from_secs(25);
 
-/// Resolves on the first SIGTERM or SIGINT.
-pub async fn signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
+/// Cancels `token` on the first SIGTERM or SIGINT.
+///
+/// The handlers are installed before this returns, not when a task first
+/// runs: a signal that arrives a moment after the call drains the service
+/// instead of killing it with the default action.
+pub fn cancel_on_signal(token: CancellationToken) {
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(
-            tokio::signal::unix::SignalKind::terminate(),
-        ) {
-            Ok(term) => term,
-            Err(error) => {
-                tracing::warn!(%error, "cannot listen for sigterm; only ctrl-c stops the service");
-                let _ = ctrl_c.await;
-                return;
+        use tokio::signal::unix::{SignalKind, signal};
+        let term = signal(SignalKind::terminate());
+        let int = signal(SignalKind::interrupt());
+        tokio::spawn(async move {
+            match (term, int) {
+                (Ok(mut term), Ok(mut int)) => tokio::select! {
+                    _ = term.recv() => tracing::info!("sigterm received, draining"),
+                    _ = int.recv() => tracing::info!("sigint received, draining"),
+                },
+                (Ok(mut only), Err(error)) | (Err(error), Ok(mut only)) => {
+                    tracing::warn!(%error, "cannot listen for one of sigterm and sigint");
+                    only.recv().await;
+                    tracing::info!("signal received, draining");
+                }
+                (Err(error), Err(_)) => {
+                    tracing::error!(%error, "cannot listen for sigterm or sigint");
+                    return;
+                }
             }
-        };
-        tokio::select! {
-            _ = ctrl_c => tracing::info!("sigint received, draining"),
-            _ = term.recv() => tracing::info!("sigterm received, draining"),
-        }
+            token.cancel();
+        });
     }
     #[cfg(not(unix))]
-    {
-        let _ = ctrl_c.await;
-        tracing::info!("ctrl-c received, draining");
-    }
+    tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            tracing::info!("ctrl-c received, draining");
+            token.cancel();
+        }
+    });
 }
 
 /// Runs `pass` now and then `interval` after each pass ends, until
@@ -52,14 +64,6 @@ where
             () = tokio::time::sleep(interval) => {}
         }
     }
-}
-
-/// Cancels `token` when a signal arrives.
-pub fn cancel_on_signal(token: CancellationToken) {
-    tokio::spawn(async move {
-        signal().await;
-        token.cancel();
-    });
 }
 
 /// Waits for every tracked task to finish, at most `grace`. Returns false if

@@ -240,23 +240,38 @@ async fn serve_exits_zero_on_sigterm() {
         .spawn()
         .expect("dealmesh-crm runs");
     let stdout = child.stdout.take().expect("piped stdout");
+    // Every log line is kept: a failure shows what the service last said.
+    let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
     let (lines, listening) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stdout)
-            .lines()
-            .map_while(Result::ok)
-        {
-            let log: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
-            if log["message"] == "listening" {
-                let _ = lines.send(log["listener"].as_str().unwrap_or_default().to_owned());
+    {
+        let log = log.clone();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
+                let entry: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
+                if entry["message"] == "listening" {
+                    let _ = lines.send(entry["listener"].as_str().unwrap_or_default().to_owned());
+                }
+                log.lock().expect("log lock").push(line);
             }
-        }
-    });
+        });
+    }
+    let log_tail = || {
+        let log = log.lock().expect("log lock");
+        log[log.len().saturating_sub(40)..].join("\n")
+    };
     let mut listeners = Vec::new();
     while listeners.len() < 2 {
         let listener = listening
             .recv_timeout(Duration::from_secs(60))
-            .expect("crm logs its gRPC and admin listeners within 60s");
+            .unwrap_or_else(|_| {
+                panic!(
+                    "crm logs its gRPC and admin listeners within 60s; it logged:\n{}",
+                    log_tail()
+                )
+            });
         listeners.push(listener);
     }
 
@@ -271,11 +286,19 @@ async fn serve_exits_zero_on_sigterm() {
         if let Some(status) = child.try_wait().expect("wait on crm") {
             break status;
         }
-        assert!(
-            signalled.elapsed() < Duration::from_secs(20),
-            "crm still running 20s after SIGTERM (grace 10s)"
-        );
+        if signalled.elapsed() > Duration::from_secs(20) {
+            let _ = child.kill();
+            panic!(
+                "crm still running 20s after SIGTERM (grace 10s); it logged:\n{}",
+                log_tail()
+            );
+        }
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
-    assert_eq!(status.code(), Some(0), "listeners were {listeners:?}");
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "listeners were {listeners:?}; crm logged:\n{}",
+        log_tail()
+    );
 }

@@ -65,8 +65,12 @@ fn main() -> ExitCode {
             match cli.command {
                 Command::Serve => {
                     let grace = config.shutdown_grace;
-                    let app = App::build(config).await?;
-                    launch::serve(grace, |shutdown| app.run(shutdown)).await
+                    // Built under the signal handlers: a SIGTERM while it starts up
+                    // stops it within the grace period too.
+                    launch::serve(grace, |shutdown| async move {
+                        App::build(config).await?.run(shutdown).await
+                    })
+                    .await
                 }
                 Command::Topics => {
                     let topics = dealmesh_eventlog::topics::provision(&config.kafka).await?;

@@ -54,8 +54,12 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Serve => {
                 let grace = config.shutdown_grace;
-                let app = App::build(config).await?;
-                launch::serve(grace, |shutdown| app.run(shutdown)).await
+                // Built under the signal handlers: a SIGTERM while it starts up
+                // stops it within the grace period too.
+                launch::serve(grace, |shutdown| async move {
+                    App::build(config).await?.run(shutdown).await
+                })
+                .await
             }
             Command::Migrate => {
                 let pool = app::connect(&config).await?;
