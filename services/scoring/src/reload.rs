@@ -247,25 +247,35 @@ impl ModelHandle {
 
     /// Polls the file every `poll` (never if zero) and reloads on SIGHUP,
     /// until `shutdown`.
-    pub async fn watch(self, poll: Duration, shutdown: CancellationToken) {
-        let mut tick = (!poll.is_zero()).then(|| {
-            let mut tick = tokio::time::interval(poll);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            tick
-        });
+    ///
+    /// The SIGHUP handler is installed by this call, not when the returned
+    /// future first runs: a SIGHUP sent once the service is serving reloads
+    /// it rather than ending it with the default action.
+    pub fn watch(
+        self,
+        poll: Duration,
+        shutdown: CancellationToken,
+    ) -> impl std::future::Future<Output = ()> + Send + 'static {
         let mut hangup = hangup_signal();
-        loop {
-            tokio::select! {
-                () = shutdown.cancelled() => return,
-                _ = async {
-                    match &mut tick {
-                        Some(tick) => { tick.tick().await; }
-                        None => std::future::pending::<()>().await,
+        async move {
+            let mut tick = (!poll.is_zero()).then(|| {
+                let mut tick = tokio::time::interval(poll);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                tick
+            });
+            loop {
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    _ = async {
+                        match &mut tick {
+                            Some(tick) => { tick.tick().await; }
+                            None => std::future::pending::<()>().await,
+                        }
+                    } => self.reload_if_changed(),
+                    () = next_hangup(&mut hangup) => {
+                        tracing::info!("sighup received, reloading the model");
+                        let _ = self.reload();
                     }
-                } => self.reload_if_changed(),
-                () = next_hangup(&mut hangup) => {
-                    tracing::info!("sighup received, reloading the model");
-                    let _ = self.reload();
                 }
             }
         }
