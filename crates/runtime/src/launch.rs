@@ -110,11 +110,14 @@ fn config_error(service: &str, error: &ConfigError) -> ExitCode {
     ExitCode::from(crate::EXIT_CONFIG as u8)
 }
 
-/// Runs a built service until SIGTERM or SIGINT, then lets it drain for at
-/// most `grace` before returning.
+/// Runs a service until SIGTERM or SIGINT, then lets it drain for at most
+/// `grace` before returning.
 ///
 /// `run` gets the token that is cancelled on the signal; it must stop taking
-/// work when it fires, finish what it holds, and return.
+/// work when it fires, finish what it holds, and return. The handlers are in
+/// place before `run` starts, so `run` should also build the service: a
+/// signal while it connects and binds then drains it too, instead of ending
+/// it with the default action.
 pub async fn serve<Fut>(
     grace: Duration,
     run: impl FnOnce(CancellationToken) -> Fut,

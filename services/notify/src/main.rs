@@ -54,8 +54,6 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Serve => {
                 let grace = config.shutdown_grace;
-                // Built under the signal handlers: a SIGTERM while it starts up
-                // stops it within the grace period too.
                 launch::serve(grace, |shutdown| async move {
                     App::build(config).await?.run(shutdown).await
                 })
