@@ -10,42 +10,75 @@ pub use tokio_util::task::TaskTracker;
 /// before SIGKILL; leave headroom.
 pub const DEFAULT_GRACE: Duration = Duration::from_secs(25);
 
-/// Cancels `token` on the first SIGTERM or SIGINT.
-///
-/// The handlers are installed before this returns, not when a task first
-/// runs: a signal that arrives a moment after the call drains the service
-/// instead of killing it with the default action.
-pub fn cancel_on_signal(token: CancellationToken) {
+/// An OS signal, listened for from the moment the value is made: one sent
+/// right after cannot meet the default action (which ends the process for
+/// SIGTERM, SIGINT and SIGHUP). If it cannot be listened for, a warning
+/// names it and [`OsSignal::recv`] never resolves. Off Unix only the
+/// interrupt exists (as ctrl-c, listened for from the first `recv`).
+pub struct OsSignal {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        let term = signal(SignalKind::terminate());
-        let int = signal(SignalKind::interrupt());
-        tokio::spawn(async move {
-            match (term, int) {
-                (Ok(mut term), Ok(mut int)) => tokio::select! {
-                    _ = term.recv() => tracing::info!("sigterm received, draining"),
-                    _ = int.recv() => tracing::info!("sigint received, draining"),
-                },
-                (Ok(mut only), Err(error)) | (Err(error), Ok(mut only)) => {
-                    tracing::warn!(%error, "cannot listen for one of sigterm and sigint");
-                    only.recv().await;
-                    tracing::info!("signal received, draining");
-                }
-                (Err(error), Err(_)) => {
-                    tracing::error!(%error, "cannot listen for sigterm or sigint");
-                    return;
-                }
-            }
-            token.cancel();
-        });
-    }
+    signal: Option<tokio::signal::unix::Signal>,
     #[cfg(not(unix))]
-    tokio::spawn(async move {
-        if tokio::signal::ctrl_c().await.is_ok() {
-            tracing::info!("ctrl-c received, draining");
-            token.cancel();
+    ctrl_c: bool,
+}
+
+impl OsSignal {
+    pub fn terminate() -> Self {
+        #[cfg(unix)]
+        return Self::listen(tokio::signal::unix::SignalKind::terminate(), "sigterm");
+        #[cfg(not(unix))]
+        Self { ctrl_c: false }
+    }
+
+    pub fn interrupt() -> Self {
+        #[cfg(unix)]
+        return Self::listen(tokio::signal::unix::SignalKind::interrupt(), "sigint");
+        #[cfg(not(unix))]
+        Self { ctrl_c: true }
+    }
+
+    pub fn hangup() -> Self {
+        #[cfg(unix)]
+        return Self::listen(tokio::signal::unix::SignalKind::hangup(), "sighup");
+        #[cfg(not(unix))]
+        Self { ctrl_c: false }
+    }
+
+    #[cfg(unix)]
+    fn listen(kind: tokio::signal::unix::SignalKind, name: &str) -> Self {
+        let signal = tokio::signal::unix::signal(kind)
+            .inspect_err(|error| tracing::warn!(%error, signal = name, "cannot listen for signal"))
+            .ok();
+        Self { signal }
+    }
+
+    /// Resolves on the next delivery.
+    pub async fn recv(&mut self) {
+        #[cfg(unix)]
+        if let Some(signal) = &mut self.signal
+            && signal.recv().await.is_some()
+        {
+            return;
         }
+        #[cfg(not(unix))]
+        if self.ctrl_c && tokio::signal::ctrl_c().await.is_ok() {
+            return;
+        }
+        std::future::pending::<()>().await
+    }
+}
+
+/// Cancels `token` on the first SIGTERM or SIGINT; the handlers are in place
+/// when this returns.
+pub fn cancel_on_signal(token: CancellationToken) {
+    let mut term = OsSignal::terminate();
+    let mut int = OsSignal::interrupt();
+    tokio::spawn(async move {
+        tokio::select! {
+            () = term.recv() => tracing::info!("sigterm received, draining"),
+            () = int.recv() => tracing::info!("sigint received, draining"),
+        }
+        token.cancel();
     });
 }
 

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use chrono::{DateTime, Utc};
+use dealmesh_runtime::shutdown::OsSignal;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -256,7 +257,7 @@ impl ModelHandle {
         poll: Duration,
         shutdown: CancellationToken,
     ) -> impl std::future::Future<Output = ()> + Send + 'static {
-        let mut hangup = hangup_signal();
+        let mut hangup = OsSignal::hangup();
         async move {
             let mut tick = (!poll.is_zero()).then(|| {
                 let mut tick = tokio::time::interval(poll);
@@ -272,7 +273,7 @@ impl ModelHandle {
                             None => std::future::pending::<()>().await,
                         }
                     } => self.reload_if_changed(),
-                    () = next_hangup(&mut hangup) => {
+                    () = hangup.recv() => {
                         tracing::info!("sighup received, reloading the model");
                         let _ = self.reload();
                     }
@@ -280,38 +281,6 @@ impl ModelHandle {
             }
         }
     }
-}
-
-#[cfg(unix)]
-type Hangup = Option<tokio::signal::unix::Signal>;
-#[cfg(not(unix))]
-type Hangup = Option<()>;
-
-fn hangup_signal() -> Hangup {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::hangup()) {
-            Ok(signal) => Some(signal),
-            Err(error) => {
-                tracing::warn!(%error, "cannot listen for sighup; polling only");
-                None
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    None
-}
-
-async fn next_hangup(hangup: &mut Hangup) {
-    #[cfg(unix)]
-    if let Some(signal) = hangup
-        && signal.recv().await.is_some()
-    {
-        return;
-    }
-    let _ = hangup;
-    std::future::pending::<()>().await
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, ModelError> {
